@@ -1,0 +1,41 @@
+"""Packaging for mage_hf: MAGE (MAsked Generative Encoder) for the Hugging Face ecosystem."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+setup(
+    name="mage_hf",
+    version="0.1.0",
+    description="MAGE (MAsked Generative Encoder) as transformers models and a diffusers pipeline",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4,<3",
+        "transformers>=5.0,<6",
+        "diffusers>=0.40,<1",
+        "accelerate>=1.0,<2",
+        "datasets>=4.0",
+        "safetensors>=0.4",
+        "huggingface-hub>=1.0",
+        "numpy>=1.24",
+        "pillow>=10",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "mlxtend>=0.23", "scikit-learn>=1.3"],
+    },
+    entry_points={"console_scripts": ["mage-hf=mage_hf.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

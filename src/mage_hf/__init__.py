@@ -1,0 +1,35 @@
+"""mage_hf: MAGE (MAsked Generative Encoder, Li et al., CVPR 2023) for transformers, diffusers and accelerate.
+
+Importing the package registers `MageConfig` ("mage") and its models with the transformers Auto classes.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_mage import MAGE_PRESETS, MageConfig
+from .modeling_mage import (
+    MageForImageClassification,
+    MageForMaskedImageModeling,
+    MageImageClassifierOutput,
+    MageMaskedImageModelingOutput,
+    MageModel,
+    MagePreTrainedModel,
+)
+from .modeling_vqgan import MageVQModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register("mage", MageConfig, exist_ok=True)
+AutoModel.register(MageConfig, MageModel, exist_ok=True)
+AutoModelForImageClassification.register(MageConfig, MageForImageClassification, exist_ok=True)
+
+__all__ = [
+    "MAGE_PRESETS",
+    "MageConfig",
+    "MageForImageClassification",
+    "MageForMaskedImageModeling",
+    "MageImageClassifierOutput",
+    "MageMaskedImageModelingOutput",
+    "MageModel",
+    "MagePreTrainedModel",
+    "MageVQModel",
+]

@@ -1,0 +1,316 @@
+"""Conversion of the original MAGE release (github.com/LTH14/mage) into `mage_hf` folders.
+
+Handles the three kinds of original file: a pretraining checkpoint (`mage-vitb-1600.pth`, `{"model": ...}` with the
+VQGAN under `vqgan.*`), a fine-tuned / linear-probe classifier (timm keys with `head.*`), and the VQGAN alone
+(`vqgan_jax_strongaug.ckpt`, `{"state_dict": ...}`). Every size is read from the tensors; head counts are not
+stored in the files and come from the caller (defaults: released ViT-B).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .configuration_mage import MageConfig
+
+logger = logging.getLogger(__name__)
+
+# Head counts per released size (they are not stored in the checkpoints).
+MODEL_SIZE_HEADS = {"vit-b": (12, 16), "vit-l": (16, 16)}
+
+# Keys of the original pretraining model that MAGE never uses (MAE leftovers and a constant buffer).
+UNUSED_ORIGINAL_KEYS = re.compile(
+    r"^(patch_embed\..*|cls_token|pos_embed|mask_token|decoder_pos_embed|decoder_pred\..*|token_emb\.position_ids)$"
+)
+
+_BLOCK_RENAMES = {
+    "norm1": "layernorm_before",
+    "attn.qkv": "attention.qkv_proj",
+    "attn.proj": "attention.out_proj",
+    "norm2": "layernorm_after",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_TOP_RENAMES = {
+    "token_emb.word_embeddings": "mage.embeddings.word_embeddings",
+    "token_emb.position_embeddings": "mage.embeddings.position_embeddings",
+    "token_emb.LayerNorm": "mage.embeddings.LayerNorm",
+    "norm": "mage.layernorm",
+    "decoder_embed": "decoder.decoder_embed",
+    "decoder_pos_embed_learned": "decoder.decoder_pos_embed_learned",
+    "decoder_norm": "decoder.decoder_norm",
+    "mlm_layer.fc": "mlm_head.dense",
+    "mlm_layer.ln": "mlm_head.layer_norm",
+    "mlm_layer.bias": "mlm_head.bias",
+    "fc_norm": "fc_norm",
+    "head": "head",
+    "head.0": "head_norm",
+    "head.1": "head",
+}
+
+
+class CheckpointError(ValueError):
+    """An original checkpoint that cannot be converted (unsafe, corrupt, or with unexpected keys)."""
+
+
+def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load an original `.pth` / `.ckpt` with `torch.load(weights_only=True)`; returns its flat state dict.
+
+    Only tensors and plain containers are accepted (plus `argparse.Namespace`, which the original training
+    script stores as `args`); anything else (arbitrary pickled objects) is refused with a `CheckpointError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint `{path}` does not exist or is not a file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refusing to load `{path}`: it holds objects other than tensors, which `weights_only=True` does not "
+            f"allow ({str(error).splitlines()[0]})"
+        ) from error
+    except Exception as error:  # torch raises RuntimeError, EOFError, zipfile errors... for damaged files
+        raise CheckpointError(f"`{path}` is not a readable PyTorch checkpoint: {error}") from error
+    if isinstance(payload, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(payload.get(key), dict):
+                payload = payload[key]
+                break
+    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise CheckpointError(f"`{path}` holds no state dict of tensors (expected `model` or `state_dict` entries)")
+    return dict(payload)
+
+
+def convert_vqgan_state_dict(state_dict: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Original VQGAN keys (under `prefix`) -> `MageVQModel` keys. Raises on keys it does not know."""
+    levels = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(rf"{re.escape(prefix)}encoder\.down\.(\d+)\.", k)))
+    patterns = [
+        (r"encoder\.down\.(\d+)\.block\.(\d+)\.(.+)", lambda m: f"encoder.down_blocks.{m[1]}.{m[2]}.{m[3]}"),
+        (r"(encoder|decoder)\.mid\.block_(\d)\.(.+)", lambda m: f"{m[1]}.mid_blocks.{int(m[2]) - 1}.{m[3]}"),
+        (r"decoder\.up\.(\d+)\.block\.(\d+)\.(.+)", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.{m[2]}.{m[3]}"),
+        (r"decoder\.up\.(\d+)\.upsample\.conv\.(.+)", lambda m: f"decoder.upsamplers.{levels - 1 - int(m[1])}.conv.{m[2]}"),
+        (r"(encoder|decoder)\.(conv_in|conv_out|norm_out)\.(.+)", lambda m: m[0]),
+        (r"quantize\.embedding\.weight", lambda m: "quantizer.embedding.weight"),
+    ]
+    converted = {}
+    for key, tensor in state_dict.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        for pattern, rename in patterns:
+            if match := re.fullmatch(pattern, name):
+                converted[rename(match)] = tensor
+                break
+        else:
+            raise CheckpointError(f"unknown VQGAN key `{key}`")
+    return converted
+
+
+def infer_vq_config(state_dict: dict[str, torch.Tensor], prefix: str = "", image_size: int = 256) -> dict:
+    """`MageVQModel` keyword arguments read from original VQGAN tensors (under `prefix`)."""
+
+    def get(name: str) -> torch.Tensor:
+        if prefix + name not in state_dict:
+            raise CheckpointError(f"missing VQGAN key `{prefix + name}`")
+        return state_dict[prefix + name]
+
+    levels = sorted({int(m.group(1)) for k in state_dict if (m := re.match(rf"{re.escape(prefix)}encoder\.down\.(\d+)\.", k))})
+    if not levels:
+        raise CheckpointError(f"no VQGAN encoder keys (`{prefix}encoder.down.*`) in the checkpoint")
+    blocks = {int(m.group(1)) for k in state_dict if (m := re.match(rf"{re.escape(prefix)}encoder\.down\.0\.block\.(\d+)\.", k))}
+    codebook = get("quantize.embedding.weight")
+    return {
+        "in_channels": get("encoder.conv_in.weight").shape[1],
+        "out_channels": get("decoder.conv_out.weight").shape[0],
+        "block_out_channels": [get(f"encoder.down.{level}.block.0.conv1.weight").shape[0] for level in levels],
+        "layers_per_block": len(blocks),
+        "latent_channels": get("encoder.conv_out.weight").shape[0],
+        "num_vq_embeddings": codebook.shape[0],
+        "vq_embed_dim": codebook.shape[1],
+        "norm_num_groups": 32,
+        "norm_eps": 1e-6,
+        "sample_size": image_size,
+    }
+
+
+@dataclass
+class ConvertedMage:
+    """A converted checkpoint: the task it came from, its config, our state dict and the dropped keys."""
+
+    task: str  # "pretraining" or "classification"
+    config: MageConfig
+    state_dict: dict[str, torch.Tensor]
+    dropped_keys: list[str] = field(default_factory=list)
+
+
+def _rename_transformer_key(key: str) -> str | None:
+    if match := re.fullmatch(r"(decoder_)?blocks\.(\d+)\.(.+)\.(weight|bias)", key):
+        stack = "decoder.layers" if match[1] else "mage.layers"
+        if match[3] not in _BLOCK_RENAMES:
+            return None
+        return f"{stack}.{match[2]}.{_BLOCK_RENAMES[match[3]]}.{match[4]}"
+    if key.startswith("vqgan."):
+        return None  # converted separately
+    module, _, leaf = key.rpartition(".")
+    if key in _TOP_RENAMES:  # bare parameters: mlm_layer.bias, decoder_pos_embed_learned
+        return _TOP_RENAMES[key]
+    if module in _TOP_RENAMES:
+        return f"{_TOP_RENAMES[module]}.{leaf}"
+    return None
+
+
+def convert_mage_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    num_attention_heads: int = 12,
+    decoder_num_attention_heads: int = 16,
+) -> ConvertedMage:
+    """Original MAGE pretraining or classification state dict -> our config and state dict (strict on keys)."""
+    if "token_emb.word_embeddings.weight" not in state_dict:
+        raise CheckpointError("not a MAGE checkpoint: `token_emb.word_embeddings.weight` is missing")
+    is_classifier = "head.weight" in state_dict or "head.1.weight" in state_dict
+    if is_classifier and "norm.weight" in state_dict and "fc_norm.weight" not in state_dict:
+        raise CheckpointError(
+            "classifier checkpoints without global pooling (`norm.*`, no `fc_norm.*`) are not supported: "
+            "MAGE's released classifiers use global pooling"
+        )
+    vq_config = infer_vq_config(state_dict, prefix="vqgan.")
+    codebook_size = vq_config["num_vq_embeddings"]
+    vocab_size, hidden_size = state_dict["token_emb.word_embeddings.weight"].shape
+    num_image_tokens = None
+    if "decoder_pos_embed_learned" in state_dict:
+        num_image_tokens = state_dict["decoder_pos_embed_learned"].shape[1] - 1
+    elif "pos_embed" in state_dict:
+        num_image_tokens = state_dict["pos_embed"].shape[1] - 1
+    else:
+        raise CheckpointError("cannot infer the image size: neither `decoder_pos_embed_learned` nor `pos_embed` present")
+    grid = int(round(num_image_tokens**0.5))
+    if grid * grid != num_image_tokens:
+        raise CheckpointError(f"the checkpoint's {num_image_tokens} image tokens do not form a square grid")
+    image_size = grid * 2 ** (len(vq_config["block_out_channels"]) - 1)
+    vq_config["sample_size"] = image_size
+    depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
+    config_kwargs = {
+        "image_size": image_size,
+        "num_channels": vq_config["in_channels"],
+        "codebook_size": codebook_size,
+        "num_class_slots": vocab_size - codebook_size - 1,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": depth,
+        "num_attention_heads": num_attention_heads,
+        "mlp_ratio": state_dict["blocks.0.mlp.fc1.weight"].shape[0] / hidden_size,
+        "max_position_embeddings": state_dict["token_emb.position_embeddings.weight"].shape[0],
+        "vq_config": vq_config,
+    }
+    if is_classifier:
+        head = state_dict.get("head.weight", state_dict.get("head.1.weight"))
+        config_kwargs.update(num_labels=head.shape[0], use_linear_probe_bn="head.1.weight" in state_dict)
+        # The fine-tuned model's decoder does not exist; keep the released decoder sizes in the config.
+    else:
+        decoder_depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"decoder_blocks\.(\d+)\.", k)))
+        config_kwargs.update(
+            decoder_hidden_size=state_dict["decoder_embed.weight"].shape[0],
+            decoder_num_hidden_layers=decoder_depth,
+            decoder_num_attention_heads=decoder_num_attention_heads,
+        )
+    try:
+        config = MageConfig(**config_kwargs)
+    except ValueError as error:
+        raise CheckpointError(f"the checkpoint's sizes do not make a valid MageConfig: {error}") from error
+
+    converted, dropped, unknown = {}, [], []
+    for key, tensor in state_dict.items():
+        if key.startswith("vqgan."):
+            continue
+        if UNUSED_ORIGINAL_KEYS.fullmatch(key):
+            dropped.append(key)
+            continue
+        new_key = _rename_transformer_key(key)
+        if new_key is None:
+            unknown.append(key)
+            continue
+        converted[new_key] = tensor.reshape(-1) if key == "mlm_layer.bias" else tensor
+    if unknown:
+        raise CheckpointError(f"unknown keys in the checkpoint: {sorted(unknown)}")
+    converted.update({f"mage.vqgan.{k}": v for k, v in convert_vqgan_state_dict(state_dict, "vqgan.").items()})
+    return ConvertedMage("classification" if is_classifier else "pretraining", config, converted, sorted(dropped))
+
+
+def _build_model(converted: ConvertedMage):
+    from .modeling_mage import MageForImageClassification, MageForMaskedImageModeling
+
+    model_class = MageForImageClassification if converted.task == "classification" else MageForMaskedImageModeling
+    model = model_class(converted.config).eval()
+    missing, unexpected = model.load_state_dict(converted.state_dict, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise CheckpointError(f"converted weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def load_original_mage(
+    checkpoint: str | os.PathLike, num_attention_heads: int = 12, decoder_num_attention_heads: int = 16
+):
+    """Convert an original MAGE checkpoint in memory -> `MageForMaskedImageModeling` or `MageForImageClassification`."""
+    converted = convert_mage_state_dict(
+        load_original_state_dict(checkpoint), num_attention_heads, decoder_num_attention_heads
+    )
+    return _build_model(converted)
+
+
+def load_original_vqgan(checkpoint: str | os.PathLike, image_size: int = 256):
+    """Convert an original VQGAN checkpoint in memory -> `MageVQModel`."""
+    from .modeling_vqgan import MageVQModel
+
+    state_dict = load_original_state_dict(checkpoint)
+    model = MageVQModel(**infer_vq_config(state_dict, image_size=image_size)).eval()
+    model.load_state_dict(convert_vqgan_state_dict(state_dict), strict=True)
+    return model
+
+
+class atomic_output_dir:
+    """Context manager yielding a temporary folder beside `path` that replaces `path` only on success."""
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False):
+        self.path = Path(path)
+        self.overwrite = overwrite
+
+    def __enter__(self) -> Path:
+        if self.path.exists() and any(self.path.iterdir()) and not self.overwrite:
+            raise FileExistsError(f"output directory `{self.path}` exists and is not empty (pass --overwrite)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+        return False
+
+
+__all__ = [
+    "CheckpointError",
+    "ConvertedMage",
+    "MODEL_SIZE_HEADS",
+    "UNUSED_ORIGINAL_KEYS",
+    "atomic_output_dir",
+    "convert_mage_state_dict",
+    "convert_vqgan_state_dict",
+    "infer_vq_config",
+    "load_original_mage",
+    "load_original_state_dict",
+    "load_original_vqgan",
+]

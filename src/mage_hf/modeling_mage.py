@@ -1,0 +1,646 @@
+"""MAGE (MAsked Generative Encoder) as transformers models.
+
+A sequence is `[condition token, t_1 ... t_N]`: the condition token (the original's "fake class" id, or a class
+id) at position 0 and the N VQGAN token ids of the image. The encoder is a pre-norm ViT over token embeddings; the
+pretraining model adds a ViT decoder and an MLM head that predicts codebook ids at masked positions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_mage import MageConfig
+from .modeling_vqgan import MageVQCodebook, MageVQModel
+
+
+@dataclass
+class MageMaskedImageModelingOutput(ModelOutput):
+    r"""
+    Output of `MageForMaskedImageModeling`.
+
+    Args:
+        loss: scalar label-smoothed cross entropy over the codebook logits of masked positions (when targets exist).
+        logits: (B, 1 + N, vocab_size) MLM-head logits over the whole vocabulary; generation and the loss use
+            `logits[:, 1:, :codebook_size]`.
+        bool_masked_pos: (B, N) image tokens that were replaced by the mask token.
+        bool_dropped_pos: (B, N) image tokens that were removed from the encoder input (a subset of the masked).
+        labels: (B, N) target codebook ids (the image's own tokens unless given).
+        encoder_last_hidden_state: (B, 1 + N - dropped, D) encoder output over the kept tokens, after its LayerNorm.
+        hidden_states: encoder hidden states (embeddings + each layer), each (B, 1 + N - dropped, D).
+        attentions: encoder attention maps, each (B, heads, L, L) (eager attention only).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    bool_masked_pos: torch.BoolTensor | None = None
+    bool_dropped_pos: torch.BoolTensor | None = None
+    labels: torch.LongTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MageImageClassifierOutput(ImageClassifierOutput):
+    r"""
+    Output of `MageForImageClassification`: `ImageClassifierOutput` plus the pooled features.
+
+    Args:
+        pooler_output: (B, D) mean of the encoder output over image tokens (before any final norm), after `fc_norm`.
+    """
+
+    pooler_output: torch.FloatTensor | None = None
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention with the softmax in float32; (B, H, L, d) inputs -> (B, L, H, d) output, (B, H, L, L) probs."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = F.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+class MageEmbeddings(nn.Module):
+    """Token + learned position embeddings -> LayerNorm -> dropout (the original's BERT-style `token_emb`)."""
+
+    def __init__(self, config: MageConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """(B, L) ids -> (B, L, D)."""
+        positions = self.position_embeddings.weight[: input_ids.shape[1]]
+        return self.dropout(self.LayerNorm(self.word_embeddings(input_ids) + positions))
+
+
+class MageAttention(nn.Module):
+    """Multi-head self-attention with a fused query/key/value projection."""
+
+    def __init__(self, config: MageConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, L, D) -> (B, L, D) and the (B, heads, L, L) attention probabilities (None for SDPA)."""
+        batch, length, _ = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = self.dropout(self.out_proj(attn_output.reshape(batch, length, -1)))
+        return attn_output, attn_weights
+
+
+class MageMLP(nn.Module):
+    """fc1 -> activation -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, config: MageConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(self.activation_fn(self.fc1(hidden_states)))))
+
+
+class MageDropPath(nn.Module):
+    """Stochastic depth: zeroes a whole residual branch per sample with probability `drop_prob` in training."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return hidden_states
+        keep = 1.0 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        return hidden_states * hidden_states.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+class MageLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block, shared by encoder and decoder: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(self, config: MageConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = MageAttention(config)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MageMLP(config)
+        self.drop_path = MageDropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        attn_output, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
+        hidden_states = hidden_states + self.drop_path(attn_output)
+        return hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
+
+
+class MageDecoder(nn.Module):
+    """Decoder: refills dropped and masked positions with the embedded condition token, adds learned positions,
+    runs the decoder blocks and its LayerNorm. (B, K, D) encoder output -> (B, 1 + N, decoder_hidden_size)."""
+
+    def __init__(self, config: MageConfig):
+        super().__init__()
+        decoder_config = config.decoder_config()
+        self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
+        self.decoder_pos_embed_learned = nn.Parameter(
+            torch.zeros(1, 1 + config.num_image_tokens, config.decoder_hidden_size)
+        )
+        self.layers = nn.ModuleList(MageLayer(decoder_config) for _ in range(config.decoder_num_hidden_layers))
+        self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self, encoder_output: torch.Tensor, full_dropped: torch.BoolTensor | None, full_masked: torch.BoolTensor
+    ) -> torch.Tensor:
+        hidden_states = self.decoder_embed(encoder_output)
+        batch, _, width = hidden_states.shape
+        length = full_masked.shape[1]
+        # Original (pad_with_cls_token=True): every missing or masked slot gets the decoded position-0 vector.
+        filler = hidden_states[:, :1].expand(batch, length, width)
+        if full_dropped is not None:
+            hidden_states = filler.masked_scatter((~full_dropped).unsqueeze(-1), hidden_states)
+        hidden_states = torch.where(full_masked.unsqueeze(-1), filler, hidden_states)
+        hidden_states = hidden_states + self.decoder_pos_embed_learned
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+        return self.decoder_norm(hidden_states)
+
+
+class MageMLMHead(nn.Module):
+    """Linear -> GELU -> LayerNorm (eps 1e-5) -> product with the (detached) token embeddings + bias."""
+
+    def __init__(self, config: MageConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.decoder_hidden_size, config.hidden_size)
+        self.activation_fn = ACT2FN["gelu"]
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.mlm_layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, L, decoder_hidden_size) -> (B, L, vocab_size)."""
+        hidden_states = self.layer_norm(self.activation_fn(self.dense(hidden_states)))
+        return F.linear(hidden_states, word_embeddings.detach(), self.bias)
+
+
+class MagePreTrainedModel(PreTrainedModel):
+    config: MageConfig
+    config_class = MageConfig
+    base_model_prefix = "mage"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MageEmbeddings", "MageLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": MageLayer, "attentions": MageAttention}
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The original's initialisation: xavier-uniform Linear, N(0, 0.02) embeddings, unit norms."""
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, MageVQCodebook):
+            bound = 1.0 / module.num_embeddings
+            init.uniform_(module.weight, -bound, bound)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=self.config.initializer_range)
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d)):
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+        elif isinstance(module, MageDecoder):
+            init.normal_(module.decoder_pos_embed_learned, std=self.config.initializer_range)
+        elif isinstance(module, MageMLMHead):
+            init.zeros_(module.bias)
+
+
+def _check_bool_mask(name: str, mask: torch.Tensor, batch: int, num_tokens: int) -> torch.BoolTensor:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape ({batch}, {num_tokens}), got {type(mask).__name__}")
+    if tuple(mask.shape) != (batch, num_tokens):
+        raise ValueError(f"`{name}` must have shape ({batch}, {num_tokens}) (batch, image tokens), got {tuple(mask.shape)}")
+    return mask.bool()
+
+
+@dataclass
+class _TokenInputs:
+    """Validated inputs of one forward: (B, 1 + N) ids and, when pixels were given, their (B, N) tokens."""
+
+    input_ids: torch.LongTensor
+    image_tokens: torch.LongTensor | None
+
+
+class MageModel(MagePreTrainedModel):
+    r"""
+    The MAGE encoder: token embeddings -> ViT blocks -> LayerNorm. Gives image features.
+
+    Takes `pixel_values` (B, 3, H, W) in [0, 1] (tokenized by the built-in VQGAN, condition token = the
+    unconditional `fake_class_id`) or `input_ids` (B, 1 + N) full sequences including the position-0 condition
+    token. Returns `last_hidden_state` (B, 1 + N, D) after the final LayerNorm, `pooler_output` (B, D) its mean
+    over the image tokens, and optionally `hidden_states` (embeddings + each layer; the last one before the final
+    LayerNorm) and `attentions`.
+
+    Example:
+    ```python
+    >>> import torch
+    >>> from mage_hf import MageConfig, MageModel
+    >>> model = MageModel(MageConfig.from_preset("tiny")).eval()
+    >>> out = model(pixel_values=torch.rand(1, 3, 32, 32))
+    >>> out.last_hidden_state.shape, out.pooler_output.shape
+    (torch.Size([1, 65, 64]), torch.Size([1, 64]))
+    ```
+    """
+
+    def __init__(self, config: MageConfig, add_final_layernorm: bool = True):
+        super().__init__(config)
+        self.vqgan = MageVQModel(**config.vq_config) if config.include_vq_tokenizer else None
+        if self.vqgan is not None:
+            self.vqgan.requires_grad_(False)
+        self.embeddings = MageEmbeddings(config)
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.layers = nn.ModuleList(MageLayer(config, drop_path=rate) for rate in rates)
+        self.layernorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if add_final_layernorm else nn.Identity()
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    @torch.no_grad()
+    def tokenize(self, pixel_values: torch.Tensor) -> torch.LongTensor:
+        """(B, C, H, W) pixels in [0, 1] at the model's image size -> (B, N) codebook ids."""
+        if self.vqgan is None:
+            raise ValueError(
+                "this model was built with `include_vq_tokenizer=False`: pass `input_ids`, not `pixel_values`"
+            )
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}")
+        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"`pixel_values` must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), "
+                f"got {tuple(pixel_values.shape)}; use MageImageProcessor to resize"
+            )
+        return self.vqgan.tokenize(pixel_values)
+
+    def build_input_ids(
+        self, image_tokens: torch.LongTensor, condition_ids: torch.LongTensor | None = None
+    ) -> torch.LongTensor:
+        """(B, N) image tokens -> (B, 1 + N) sequences with `condition_ids` (B,) (default `fake_class_id`) first."""
+        if condition_ids is None:
+            condition = image_tokens.new_full((image_tokens.shape[0], 1), self.config.fake_class_id)
+        else:
+            condition = condition_ids.to(image_tokens).view(-1, 1)
+        return torch.cat([condition, image_tokens], dim=1)
+
+    def prepare_inputs(
+        self, pixel_values: torch.Tensor | None, input_ids: torch.LongTensor | None
+    ) -> _TokenInputs:
+        """Exactly one of pixels / ids -> validated (B, 1 + N) ids (pixels are tokenized, fake class first)."""
+        if (pixel_values is None) == (input_ids is None):
+            raise ValueError("pass exactly one of `pixel_values` and `input_ids`")
+        if pixel_values is not None:
+            tokens = self.tokenize(pixel_values)
+            return _TokenInputs(self.build_input_ids(tokens), tokens)
+        if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.is_complex():
+            raise TypeError("`input_ids` must be an integer torch.Tensor of shape (batch, 1 + num_image_tokens)")
+        length = 1 + self.config.num_image_tokens
+        if input_ids.ndim != 2 or input_ids.shape[1] != length:
+            raise ValueError(
+                f"`input_ids` must have shape (batch, {length}) (condition token + {length - 1} image tokens), "
+                f"got {tuple(input_ids.shape)}"
+            )
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"`input_ids` must be in [0, vocab_size={self.config.vocab_size}), got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+        return _TokenInputs(input_ids.long(), None)
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        bool_dropped_pos: torch.BoolTensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        pixel_values: (B, C, H, W) in [0, 1] at `config.image_size`.
+        input_ids: (B, 1 + N) token ids, position 0 the condition token.
+        bool_dropped_pos: (B, N) image tokens to remove from the encoder input (the same count in every row), as in
+            pretraining; the outputs then have 1 + N - dropped positions.
+        """
+        inputs = self.prepare_inputs(pixel_values, input_ids)
+        hidden_states = self.embeddings(inputs.input_ids)
+        if bool_dropped_pos is not None:
+            hidden_states = self._drop_tokens(hidden_states, bool_dropped_pos)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, **kwargs)
+        sequence_output = self.layernorm(hidden_states)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output, pooler_output=sequence_output[:, 1:].mean(dim=1)
+        )
+
+    @staticmethod
+    def _drop_tokens(hidden_states: torch.Tensor, bool_dropped_pos: torch.BoolTensor) -> torch.Tensor:
+        """(B, 1 + N, D) -> (B, 1 + N - dropped, D), keeping order; position 0 is never dropped."""
+        batch, length, width = hidden_states.shape
+        dropped = _check_bool_mask("bool_dropped_pos", bool_dropped_pos, batch, length - 1)
+        counts = dropped.sum(dim=1)
+        if batch and bool((counts != counts[0]).any()):
+            raise ValueError(
+                f"`bool_dropped_pos` must drop the same number of tokens in every row, got {counts.tolist()}"
+            )
+        keep = torch.cat([dropped.new_ones(batch, 1), ~dropped], dim=1)
+        return hidden_states[keep].view(batch, -1, width)
+
+
+class MageForMaskedImageModeling(MagePreTrainedModel):
+    r"""
+    MAGE encoder + decoder + MLM head: the pretraining and generation network.
+
+    Masks are (B, N) booleans over image tokens; `bool_dropped_pos` (removed from the encoder input) must be a
+    subset of `bool_masked_pos` (replaced by the mask token).
+    - `pixel_values` and no masks: masks are sampled as in the original (one ratio per batch from a truncated
+      normal on [mask_ratio_min, mask_ratio_max], `ceil(N * ratio)` masked, `ceil(N * mask_ratio_min)` dropped),
+      from `generator` if given. `labels` default to the image's own tokens.
+    - `input_ids` and no masks (generation): positions holding `mask_token_id` are masked, nothing is dropped.
+    `class_labels` (B,) put class condition tokens at position 0 of a class-conditional model; in training each is
+    replaced by the unconditional id with probability `condition_dropout_prob`.
+
+    Example:
+    ```python
+    >>> import torch
+    >>> from mage_hf import MageConfig, MageForMaskedImageModeling
+    >>> model = MageForMaskedImageModeling(MageConfig.from_preset("tiny"))
+    >>> out = model(pixel_values=torch.rand(2, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    >>> out.logits.shape, out.loss.ndim
+    (torch.Size([2, 65, 1065]), 0)
+    ```
+    """
+
+    def __init__(self, config: MageConfig):
+        super().__init__(config)
+        self.mage = MageModel(config)
+        self.decoder = MageDecoder(config)
+        self.mlm_head = MageMLMHead(config)
+        self.post_init()
+
+    def sample_masks(
+        self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> tuple[torch.BoolTensor, torch.BoolTensor]:
+        """The original's pretraining masks: (B, N) masked and (B, N) dropped booleans, dropped ⊆ masked.
+
+        One ratio r per batch ~ truncated normal(mask_ratio_mu, mask_ratio_std) on [mask_ratio_min,
+        mask_ratio_max]; `ceil(N r)` tokens masked and `ceil(N mask_ratio_min)` dropped, the same random ranking.
+        """
+        config = self.config
+        num_tokens = config.num_image_tokens
+        normal = torch.distributions.Normal(0.0, 1.0)
+        low = normal.cdf(torch.tensor((config.mask_ratio_min - config.mask_ratio_mu) / config.mask_ratio_std))
+        high = normal.cdf(torch.tensor((config.mask_ratio_max - config.mask_ratio_mu) / config.mask_ratio_std))
+        uniform = torch.rand((), generator=generator, dtype=torch.float64)
+        ratio = config.mask_ratio_mu + config.mask_ratio_std * float(torch.special.ndtri(low + (high - low) * uniform))
+        ratio = min(max(ratio, config.mask_ratio_min), config.mask_ratio_max)
+        num_masked = math.ceil(num_tokens * ratio)
+        noise = torch.rand(batch_size, num_tokens, generator=generator)
+        ranks = noise.argsort(dim=1).argsort(dim=1)
+        bool_masked_pos = ranks < num_masked
+        bool_dropped_pos = ranks < config.num_dropped_tokens
+        return bool_masked_pos.to(device), bool_dropped_pos.to(device)
+
+    def _condition_ids(
+        self, class_labels: torch.LongTensor, generator: torch.Generator | None
+    ) -> torch.LongTensor:
+        config = self.config
+        if config.num_condition_classes == 0:
+            raise ValueError("`class_labels` given to an unconditional model (config.num_condition_classes is 0)")
+        class_labels = torch.as_tensor(class_labels).long().view(-1)
+        if class_labels.numel() and (int(class_labels.min()) < 0 or int(class_labels.max()) >= config.num_condition_classes):
+            raise ValueError(
+                f"`class_labels` must be in [0, {config.num_condition_classes}), got {class_labels.tolist()}"
+            )
+        condition_ids = class_labels + config.codebook_size
+        if self.training and config.condition_dropout_prob > 0:
+            drop = torch.rand(class_labels.shape, generator=generator) < config.condition_dropout_prob
+            condition_ids = torch.where(drop.to(condition_ids.device), config.fake_class_id, condition_ids)
+        return condition_ids
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        bool_dropped_pos: torch.BoolTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        class_labels: torch.LongTensor | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> MageMaskedImageModelingOutput:
+        r"""
+        pixel_values: (B, C, H, W) images in [0, 1].
+        input_ids: (B, 1 + N) sequences (condition token first), e.g. the current ids of a generation step.
+        bool_masked_pos / bool_dropped_pos: (B, N) masks over image tokens (see the class docstring).
+        labels: (B, N) target codebook ids.
+        class_labels: (B,) classes of a class-conditional model (replace position 0).
+        generator: torch.Generator for the sampled masks and the condition dropout.
+        """
+        config = self.config
+        inputs = self.mage.prepare_inputs(pixel_values, input_ids)
+        input_ids = inputs.input_ids
+        batch, num_tokens = input_ids.shape[0], config.num_image_tokens
+        if labels is None:
+            labels = inputs.image_tokens
+        if class_labels is not None:
+            condition_ids = self._condition_ids(class_labels, generator).to(input_ids.device)
+            if condition_ids.shape[0] != batch:
+                raise ValueError(f"`class_labels` must have {batch} entries, got {condition_ids.shape[0]}")
+            input_ids = torch.cat([condition_ids.view(-1, 1), input_ids[:, 1:]], dim=1)
+
+        if bool_masked_pos is None and bool_dropped_pos is not None:
+            raise ValueError("`bool_dropped_pos` needs `bool_masked_pos` (dropped tokens must be masked)")
+        if bool_masked_pos is None:
+            if inputs.image_tokens is not None:
+                bool_masked_pos, bool_dropped_pos = self.sample_masks(batch, generator, input_ids.device)
+            else:
+                bool_masked_pos = input_ids[:, 1:] == config.mask_token_id
+        bool_masked_pos = _check_bool_mask("bool_masked_pos", bool_masked_pos, batch, num_tokens).to(input_ids.device)
+        if bool_dropped_pos is not None:
+            bool_dropped_pos = _check_bool_mask("bool_dropped_pos", bool_dropped_pos, batch, num_tokens)
+            bool_dropped_pos = bool_dropped_pos.to(input_ids.device)
+            if bool((bool_dropped_pos & ~bool_masked_pos).any()):
+                raise ValueError("`bool_dropped_pos` must be a subset of `bool_masked_pos`")
+            if not bool(bool_dropped_pos.any()):
+                bool_dropped_pos = None
+
+        image_ids = input_ids[:, 1:].masked_fill(bool_masked_pos, config.mask_token_id)
+        masked_input_ids = torch.cat([input_ids[:, :1], image_ids], dim=1)
+        encoder_outputs = self.mage(input_ids=masked_input_ids, bool_dropped_pos=bool_dropped_pos, **kwargs)
+
+        no_condition = bool_masked_pos.new_zeros(batch, 1)
+        full_masked = torch.cat([no_condition, bool_masked_pos], dim=1)
+        full_dropped = None if bool_dropped_pos is None else torch.cat([no_condition, bool_dropped_pos], dim=1)
+        decoded = self.decoder(encoder_outputs.last_hidden_state, full_dropped, full_masked)
+        logits = self.mlm_head(decoded, self.mage.embeddings.word_embeddings.weight)
+
+        loss = None
+        if labels is not None:
+            loss = self.masked_token_loss(logits, labels, bool_masked_pos)
+        return MageMaskedImageModelingOutput(
+            loss=loss,
+            logits=logits,
+            bool_masked_pos=bool_masked_pos,
+            bool_dropped_pos=bool_dropped_pos if bool_dropped_pos is not None else torch.zeros_like(bool_masked_pos),
+            labels=labels,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+
+    def masked_token_loss(
+        self, logits: torch.Tensor, labels: torch.LongTensor, bool_masked_pos: torch.BoolTensor
+    ) -> torch.Tensor:
+        """Label-smoothed cross entropy over codebook logits, averaged over masked image tokens.
+
+        logits (B, 1 + N, vocab), labels (B, N) codebook ids, bool_masked_pos (B, N) -> scalar.
+        """
+        codebook_size = self.config.codebook_size
+        if tuple(labels.shape) != tuple(bool_masked_pos.shape):
+            raise ValueError(f"`labels` must have shape {tuple(bool_masked_pos.shape)}, got {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= codebook_size):
+            raise ValueError(f"`labels` must be codebook ids in [0, {codebook_size})")
+        per_token = F.cross_entropy(
+            logits[:, 1:, :codebook_size].float().flatten(0, 1),
+            labels.to(logits.device).flatten(),
+            reduction="none",
+            label_smoothing=self.config.label_smoothing,
+        ).view_as(labels)
+        weights = bool_masked_pos.to(per_token.dtype)
+        return (per_token * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+class MageForImageClassification(MagePreTrainedModel):
+    r"""
+    MAGE encoder with the original's classification head: mean of the encoder output over image tokens (no final
+    LayerNorm) -> `fc_norm` -> optional `BatchNorm1d(affine=False)` (linear probing) -> `head` Linear.
+
+    Example:
+    ```python
+    >>> import torch
+    >>> from mage_hf import MageConfig, MageForImageClassification
+    >>> model = MageForImageClassification(MageConfig.from_preset("tiny", num_labels=10)).eval()
+    >>> model(pixel_values=torch.rand(2, 3, 32, 32)).logits.shape
+    torch.Size([2, 10])
+    ```
+    """
+
+    def __init__(self, config: MageConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.mage = MageModel(config, add_final_layernorm=False)
+        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.head_norm = (
+            nn.BatchNorm1d(config.hidden_size, affine=False, eps=config.layer_norm_eps)
+            if config.use_linear_probe_bn
+            else nn.Identity()
+        )
+        self.head = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> MageImageClassifierOutput:
+        r"""
+        pixel_values: (B, C, H, W) in [0, 1]; or input_ids: (B, 1 + N).
+        labels: (B,) class indices (or (B, num_labels) floats for multi-label / regression).
+        """
+        outputs = self.mage(pixel_values=pixel_values, input_ids=input_ids, **kwargs)
+        pooled = self.fc_norm(outputs.pooler_output)
+        logits = self.head(self.head_norm(pooled))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels.to(logits.device), logits, self.config)
+        return MageImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            pooler_output=pooled,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = [
+    "MageForImageClassification",
+    "MageForMaskedImageModeling",
+    "MageImageClassifierOutput",
+    "MageMaskedImageModelingOutput",
+    "MageModel",
+    "MagePreTrainedModel",
+]
