@@ -1,0 +1,8 @@
+"""`python -m mage_hf <command>` (what `accelerate launch -m mage_hf <command>` runs)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
