@@ -186,10 +186,6 @@ class MageConfig(PreTrainedConfig):
         return self.token_grid_size**2
 
     @property
-    def intermediate_size(self) -> int:
-        return int(self.hidden_size * self.mlp_ratio)
-
-    @property
     def num_dropped_tokens(self) -> int:
         """Tokens removed from the encoder input in pretraining: ceil(N * mask_ratio_min)."""
         return math.ceil(self.num_image_tokens * self.mask_ratio_min)
@@ -201,16 +197,6 @@ class MageConfig(PreTrainedConfig):
                 f"`class_label` must be in [0, {self.num_condition_classes}) for this model, got {class_label}"
             )
         return self.codebook_size + class_label
-
-    def decoder_config(self) -> MageConfig:
-        """A copy of this config with the decoder's width, depth and heads in the encoder fields."""
-        config = self.__class__.from_dict(self.to_dict())
-        config.hidden_size = self.decoder_hidden_size
-        config.num_hidden_layers = self.decoder_num_hidden_layers
-        config.num_attention_heads = self.decoder_num_attention_heads
-        config.drop_path_rate = 0.0
-        config._attn_implementation = self._attn_implementation
-        return config
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> MageConfig:
@@ -230,7 +216,7 @@ MAGE_PRESETS: dict[str, dict[str, Any]] = {
         "image_size": 32, "codebook_size": 64, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "decoder_hidden_size": 64, "decoder_num_hidden_layers": 2, "decoder_num_attention_heads": 4,
         "vq_config": {"block_out_channels": [32, 32, 64], "layers_per_block": 1, "latent_channels": 32,
-                      "num_vq_embeddings": 64, "vq_embed_dim": 32, "norm_num_groups": 32, "sample_size": 32},
+                      "vq_embed_dim": 32, "norm_num_groups": 32},
     },
 }
 

@@ -102,19 +102,26 @@ class MageEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(self.word_embeddings(input_ids) + positions))
 
 
-class MageAttention(nn.Module):
-    """Multi-head self-attention with a fused query/key/value projection."""
+def _stack_sizes(config: MageConfig, is_decoder: bool) -> tuple[int, int]:
+    """(width, heads) of the encoder or decoder stack."""
+    if is_decoder:
+        return config.decoder_hidden_size, config.decoder_num_attention_heads
+    return config.hidden_size, config.num_attention_heads
 
-    def __init__(self, config: MageConfig):
+
+class MageAttention(nn.Module):
+    """Multi-head self-attention with a fused query/key/value projection (encoder or decoder width)."""
+
+    def __init__(self, config: MageConfig, is_decoder: bool = False):
         super().__init__()
         self.config = config
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
+        width, self.num_heads = _stack_sizes(config, is_decoder)
+        self.head_dim = width // self.num_heads
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_probs_dropout_prob
         self.is_causal = False
-        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.qkv_proj = nn.Linear(width, 3 * width, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(width, width)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -142,11 +149,12 @@ class MageAttention(nn.Module):
 class MageMLP(nn.Module):
     """fc1 -> activation -> dropout -> fc2 -> dropout."""
 
-    def __init__(self, config: MageConfig):
+    def __init__(self, config: MageConfig, is_decoder: bool = False):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        width, _ = _stack_sizes(config, is_decoder)
+        self.fc1 = nn.Linear(width, int(width * config.mlp_ratio))
         self.activation_fn = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc2 = nn.Linear(int(width * config.mlp_ratio), width)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -171,12 +179,13 @@ class MageDropPath(nn.Module):
 class MageLayer(GradientCheckpointingLayer):
     """Pre-norm transformer block, shared by encoder and decoder: x + attn(LN(x)), then x + mlp(LN(x))."""
 
-    def __init__(self, config: MageConfig, drop_path: float = 0.0):
+    def __init__(self, config: MageConfig, is_decoder: bool = False, drop_path: float = 0.0):
         super().__init__()
-        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = MageAttention(config)
-        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = MageMLP(config)
+        width, _ = _stack_sizes(config, is_decoder)
+        self.layernorm_before = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.attention = MageAttention(config, is_decoder)
+        self.layernorm_after = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.mlp = MageMLP(config, is_decoder)
         self.drop_path = MageDropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -191,12 +200,11 @@ class MageDecoder(nn.Module):
 
     def __init__(self, config: MageConfig):
         super().__init__()
-        decoder_config = config.decoder_config()
         self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
         self.decoder_pos_embed_learned = nn.Parameter(
             torch.zeros(1, 1 + config.num_image_tokens, config.decoder_hidden_size)
         )
-        self.layers = nn.ModuleList(MageLayer(decoder_config) for _ in range(config.decoder_num_hidden_layers))
+        self.layers = nn.ModuleList(MageLayer(config, is_decoder=True) for _ in range(config.decoder_num_hidden_layers))
         self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
 
     def forward(
