@@ -3,7 +3,7 @@
 Importing the package registers `MageConfig` ("mage") and its models with the transformers Auto classes.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .configuration_mage import MAGE_PRESETS, MageConfig
 from .modeling_mage import (
@@ -14,6 +14,7 @@ from .modeling_mage import (
     MageModel,
     MagePreTrainedModel,
 )
+from .image_processing_mage import MageImageProcessor
 from .modeling_vqgan import MageVQModel
 
 __version__ = "0.1.0"
@@ -21,6 +22,12 @@ __version__ = "0.1.0"
 AutoConfig.register("mage", MageConfig, exist_ok=True)
 AutoModel.register(MageConfig, MageModel, exist_ok=True)
 AutoModelForImageClassification.register(MageConfig, MageForImageClassification, exist_ok=True)
+# Both backends map to our PIL processor: MAGE needs no torchvision.
+AutoImageProcessor.register(
+    MageConfig,
+    image_processor_classes={"pil": MageImageProcessor, "torchvision": MageImageProcessor},
+    exist_ok=True,
+)
 
 __all__ = [
     "MAGE_PRESETS",
@@ -28,6 +35,7 @@ __all__ = [
     "MageForImageClassification",
     "MageForMaskedImageModeling",
     "MageImageClassifierOutput",
+    "MageImageProcessor",
     "MageMaskedImageModelingOutput",
     "MageModel",
     "MagePreTrainedModel",

@@ -1,0 +1,321 @@
+"""Tests for `MageImageProcessor`: RGB pixels in [0, 1], shortest-edge resize + center crop, no normalisation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import AutoImageProcessor, PreTrainedConfig
+
+from mage_hf.image_processing_mage import MageImageProcessor
+
+S = 32
+
+
+@pytest.fixture
+def processor() -> MageImageProcessor:
+    return MageImageProcessor.for_image_size(S)
+
+
+def random_uint8(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    shape = (height, width) if channels == 0 else (height, width, channels)
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def check_pixels(pixel_values: torch.Tensor, batch: int, size: int = S) -> None:
+    assert isinstance(pixel_values, torch.Tensor)
+    assert pixel_values.shape == (batch, 3, size, size)
+    assert pixel_values.dtype == torch.float32
+    assert pixel_values.min() >= 0.0 and pixel_values.max() <= 1.0
+
+
+def test_defaults_match_mage_eval_transform():
+    processor = MageImageProcessor()
+    assert processor.do_resize and processor.do_center_crop and processor.do_rescale and processor.do_convert_rgb
+    assert dict(processor.size) == {"shortest_edge": 256}
+    assert dict(processor.crop_size) == {"height": 256, "width": 256}
+    assert processor.resample == PIL.Image.Resampling.BICUBIC
+    assert processor.rescale_factor == pytest.approx(1 / 255)
+    assert not processor.do_normalize
+    assert processor.model_input_names == ["pixel_values"]
+    config = processor.to_dict()
+    assert config.get("do_normalize", False) is False
+    assert "image_mean" not in config and "image_std" not in config
+
+
+def test_constructor_and_for_image_size_agree():
+    by_kwargs = MageImageProcessor(size={"shortest_edge": S}, crop_size={"height": S, "width": S})
+    assert by_kwargs.to_dict() == MageImageProcessor.for_image_size(S).to_dict()
+    assert dict(MageImageProcessor(size=S).size) == {"shortest_edge": S}  # an int size means the shortest edge
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, True, "32"])
+def test_for_image_size_rejects_non_positive_ints(bad):
+    with pytest.raises(ValueError, match="image_size"):
+        MageImageProcessor.for_image_size(bad)
+
+
+def test_pil_image(processor):
+    image = PIL.Image.fromarray(random_uint8(40, 48))
+    check_pixels(processor(image, return_tensors="pt")["pixel_values"], batch=1)
+
+
+def test_numpy_hwc_uint8_and_chw(processor):
+    array = random_uint8(40, 48)
+    hwc = processor(array, return_tensors="pt")["pixel_values"]
+    chw = processor(np.ascontiguousarray(array.transpose(2, 0, 1)), return_tensors="pt")["pixel_values"]
+    check_pixels(hwc, batch=1)
+    torch.testing.assert_close(hwc, chw, rtol=0, atol=0)
+    # The same pixels as a PIL image give the same result.
+    pil = processor(PIL.Image.fromarray(array), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(hwc, pil, rtol=0, atol=0)
+
+
+def test_numpy_return_type(processor):
+    out = processor(random_uint8(S, S), return_tensors="np")["pixel_values"]
+    assert isinstance(out, np.ndarray) and out.shape == (1, 3, S, S) and out.dtype == np.float32
+
+
+def test_no_return_tensors_gives_list_of_chw_arrays(processor):
+    out = processor([random_uint8(S, S), random_uint8(40, 40)])["pixel_values"]
+    assert isinstance(out, list) and len(out) == 2
+    assert all(isinstance(x, np.ndarray) and x.shape == (3, S, S) and x.dtype == np.float32 for x in out)
+
+
+def test_torch_float_tensor_is_not_rescaled(processor):
+    chw = torch.rand(3, S, S)
+    out = processor(chw, return_tensors="pt")["pixel_values"]
+    check_pixels(out, batch=1)
+    torch.testing.assert_close(out[0], chw, rtol=0, atol=0)
+
+
+def test_torch_batch_uint8_and_float(processor):
+    batch = torch.from_numpy(np.stack([random_uint8(S, S, seed=i) for i in range(3)])).permute(0, 3, 1, 2)
+    out = processor(batch, return_tensors="pt")["pixel_values"]
+    check_pixels(out, batch=3)
+    torch.testing.assert_close(out, batch.float() / 255, rtol=0, atol=1e-7)
+    # Float batches of another size are resized and cropped.
+    check_pixels(processor(torch.rand(2, 3, 40, 50), return_tensors="pt")["pixel_values"], batch=2)
+
+
+def test_tensor_with_grad_half_precision_and_bfloat16(processor):
+    image = torch.rand(3, S, S, requires_grad=True)
+    check_pixels(processor(image, return_tensors="pt")["pixel_values"], batch=1)
+    for dtype in (torch.float16, torch.bfloat16):
+        check_pixels(processor(torch.rand(3, 40, 36).to(dtype), return_tensors="pt")["pixel_values"], batch=1)
+
+
+def test_float_image_resize_stays_in_unit_range(processor):
+    # A hard edge makes bicubic overshoot; the result is clipped to [0, 1].
+    image = np.zeros((64, 64, 3), dtype=np.float32)
+    image[:, 32:] = 1.0
+    out = processor(image, return_tensors="pt")["pixel_values"]
+    check_pixels(out, batch=1)
+    assert out.max() == 1.0 and out.min() == 0.0
+
+
+def test_mixed_batched_list(processor):
+    images = [
+        PIL.Image.fromarray(random_uint8(50, 40)),
+        random_uint8(S, 45),
+        torch.rand(3, 36, 36),
+        np.random.default_rng(1).random((S, S, 3)).astype(np.float64),
+    ]
+    check_pixels(processor(images, return_tensors="pt")["pixel_values"], batch=4)
+    # A nested list is flattened.
+    check_pixels(processor([images[:2], images[2:]], return_tensors="pt")["pixel_values"], batch=4)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "1", "LA", "CMYK"])
+def test_pil_modes_become_rgb(processor, mode):
+    image = PIL.Image.fromarray(random_uint8(S, S)).convert(mode)
+    out = processor(image, return_tensors="pt")["pixel_values"]
+    check_pixels(out, batch=1)
+    expected = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(out[0], expected, rtol=0, atol=1e-7)
+
+
+def test_grayscale_arrays_become_three_channels(processor):
+    gray = random_uint8(S, S, channels=0)
+    for image in (gray, gray[..., None], gray[None], torch.from_numpy(gray)):
+        out = processor(image, return_tensors="pt")["pixel_values"]
+        check_pixels(out, batch=1)
+        torch.testing.assert_close(out[0, 0], torch.from_numpy(gray).float() / 255, rtol=0, atol=1e-7)
+        assert torch.equal(out[0, 0], out[0, 1]) and torch.equal(out[0, 0], out[0, 2])
+
+
+def test_rgba_array_drops_alpha(processor):
+    rgba = random_uint8(S, S, channels=4)
+    out = processor(rgba, return_tensors="pt")["pixel_values"]
+    check_pixels(out, batch=1)
+    torch.testing.assert_close(out[0], torch.from_numpy(rgba[..., :3]).permute(2, 0, 1).float() / 255)
+
+
+def test_non_square_image_resize_and_center_crop(processor):
+    """A 100x60 (width x height) image: shortest edge 60 -> 32, width int(32 * 100 / 60) = 53, then the center
+    32x32 crop with torchvision's rounded offsets."""
+    array = random_uint8(60, 100)
+    out = processor(PIL.Image.fromarray(array), return_tensors="pt")["pixel_values"]
+    assert out.shape == (1, 3, S, S)
+    resized = PIL.Image.fromarray(array).resize((53, S), resample=PIL.Image.Resampling.BICUBIC)
+    left = round((53 - S) / 2.0)
+    expected = np.asarray(resized)[:, left : left + S].transpose(2, 0, 1).astype(np.float32) / 255
+    np.testing.assert_allclose(out[0].numpy(), expected, rtol=0, atol=1e-7)
+    # Portrait orientation works the same way.
+    assert processor(random_uint8(100, 60), return_tensors="pt")["pixel_values"].shape == (1, 3, S, S)
+
+
+def test_same_size_uint8_is_only_divided_by_255(processor):
+    array = random_uint8(S, S)
+    out = processor(array, return_tensors="np")["pixel_values"][0]
+    np.testing.assert_allclose(out, array.transpose(2, 0, 1).astype(np.float32) / 255, rtol=0, atol=1e-7)
+    assert out.max() > 0.9 and out.min() < 0.1  # no mean/std shift
+
+
+def test_small_image_is_upscaled(processor):
+    check_pixels(processor(random_uint8(8, 12), return_tensors="pt")["pixel_values"], batch=1)
+
+
+def test_crop_larger_than_resized_image_pads_with_zeros():
+    processor = MageImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 12, "width": 12})
+    out = processor(np.full((8, 8, 3), 255, dtype=np.uint8), return_tensors="np")["pixel_values"][0]
+    assert out.shape == (3, 12, 12)
+    assert out[:, 2:10, 2:10].min() == 1.0 and out[:, :2].max() == 0.0 and out[:, :, 10:].max() == 0.0
+
+
+def test_height_width_size_and_call_time_overrides(processor):
+    array = random_uint8(40, 60)
+    out = processor(array, size={"height": 20, "width": 30}, do_center_crop=False, return_tensors="pt")
+    assert out["pixel_values"].shape == (1, 3, 20, 30)
+    out = processor(array, do_resize=False, crop_size={"height": 16, "width": 24}, return_tensors="pt")
+    assert out["pixel_values"].shape == (1, 3, 16, 24)
+
+
+def test_channels_last_data_format(processor):
+    out = processor(random_uint8(S, S), data_format="channels_last", return_tensors="np")["pixel_values"]
+    assert out.shape == (1, S, S, 3)
+
+
+def test_do_rescale_false_accepts_unit_range_floats(processor):
+    image = np.random.default_rng(0).random((S, S, 3)).astype(np.float32)
+    out = processor(image, do_rescale=False, return_tensors="np")["pixel_values"][0]
+    np.testing.assert_allclose(out, image.transpose(2, 0, 1), rtol=0, atol=0)
+
+
+def test_save_and_load_round_trip(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "MageImageProcessor"
+    assert saved["size"] == {"shortest_edge": S} and saved["crop_size"] == {"height": S, "width": S}
+    assert saved.get("do_normalize", False) is False
+    loaded = MageImageProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == processor.to_dict()
+    images = [PIL.Image.fromarray(random_uint8(60, 100)), torch.rand(3, 40, 40)]
+    torch.testing.assert_close(
+        loaded(images, return_tensors="pt")["pixel_values"],
+        processor(images, return_tensors="pt")["pixel_values"],
+        rtol=0,
+        atol=0,
+    )
+
+
+class _DummyMageImageProcessorConfig(PreTrainedConfig):
+    model_type = "mage-image-processing-test"
+
+
+def test_auto_image_processor_loads_registered_class(processor, tmp_path):
+    AutoImageProcessor.register(_DummyMageImageProcessorConfig, MageImageProcessor, exist_ok=True)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is MageImageProcessor
+    image = random_uint8(60, 100)
+    torch.testing.assert_close(
+        loaded(image, return_tensors="pt")["pixel_values"],
+        processor(image, return_tensors="pt")["pixel_values"],
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_postprocess_round_trip(processor):
+    arrays = [random_uint8(S, S, seed=i) for i in range(2)]
+    pixel_values = processor(arrays, return_tensors="pt")["pixel_values"]
+
+    pil = processor.postprocess(pixel_values, output_type="pil")
+    assert len(pil) == 2 and all(isinstance(im, PIL.Image.Image) and im.mode == "RGB" for im in pil)
+    for image, array in zip(pil, arrays):
+        np.testing.assert_array_equal(np.asarray(image), array)
+
+    as_np = processor.postprocess(pixel_values, output_type="np")
+    assert isinstance(as_np, np.ndarray) and as_np.shape == (2, S, S, 3) and as_np.dtype == np.float32
+    np.testing.assert_allclose(as_np, pixel_values.permute(0, 2, 3, 1).numpy())
+
+    as_pt = processor.postprocess(pixel_values, output_type="pt")
+    assert isinstance(as_pt, torch.Tensor) and as_pt.shape == (2, 3, S, S) and as_pt.dtype == torch.float32
+    torch.testing.assert_close(as_pt, pixel_values)
+    assert processor.postprocess_images(pixel_values, output_type="pt").shape == (2, 3, S, S)
+
+
+def test_postprocess_clips_and_accepts_numpy_and_single_images(processor):
+    wild = torch.linspace(-2, 3, 3 * 8 * 8).reshape(3, 8, 8)
+    out = processor.postprocess(wild, output_type="pt")
+    assert out.shape == (1, 3, 8, 8) and out.min() == 0.0 and out.max() == 1.0
+    out = processor.postprocess(wild.numpy()[None].astype(np.float64), output_type="np")
+    assert out.shape == (1, 8, 8, 3) and out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+
+
+@pytest.mark.parametrize(
+    "images, error, match",
+    [
+        ("cat.png", TypeError, "images.*got str"),
+        (None, TypeError, "images.*NoneType"),
+        (42, TypeError, "images.*int"),
+        ([], ValueError, "images.*empty"),
+        ([PIL.Image.new("RGB", (4, 4)), "x"], TypeError, "images"),
+        (np.zeros((10, 10, 5), dtype=np.uint8), ValueError, "images.*channel"),
+        (np.zeros((4, 5, 6, 7), dtype=np.uint8), ValueError, "images.*channel"),
+        (np.zeros((2, 3, 4, 5, 6), dtype=np.float32), ValueError, "images.*batch"),
+        (np.zeros(16, dtype=np.uint8), ValueError, "images"),
+        (np.full((8, 8, 3), 255.0, dtype=np.float32), ValueError, r"images.*\[0, 1\]"),
+        (np.full((8, 8, 3), -0.5, dtype=np.float32), ValueError, r"images.*\[0, 1\]"),
+        (torch.full((3, 8, 8), float("nan")), ValueError, r"images.*\[0, 1\]"),
+        (np.zeros((8, 8, 3), dtype=np.complex64), TypeError, "images.*dtype"),
+        (np.zeros((0, 8, 3), dtype=np.uint8), ValueError, "images.*non-zero"),
+        ([[[PIL.Image.new("RGB", (4, 4))]]], ValueError, "images.*list"),
+    ],
+)
+def test_bad_images_raise(processor, images, error, match):
+    with pytest.raises(error, match=match):
+        processor(images, return_tensors="pt")
+
+
+def test_bad_settings_raise(processor):
+    with pytest.raises(ValueError, match="do_normalize"):
+        MageImageProcessor(do_normalize=True)
+    with pytest.raises(ValueError, match="do_normalize"):
+        processor(random_uint8(S, S), do_normalize=True)
+    with pytest.raises(ValueError, match="size"):
+        MageImageProcessor(size={"longest_edge": 32})
+    with pytest.raises(ValueError, match="crop_size"):
+        processor(random_uint8(S, S), crop_size={"height": 0, "width": 8})
+    with pytest.raises(ValueError, match="do_rescale"):
+        processor(random_uint8(S, S), do_rescale=False)  # uint8 values 0..255 are not in [0, 1]
+    with pytest.raises(ValueError, match="images"):
+        processor(random_uint8(S, S, channels=0).astype(np.uint8)[..., None].repeat(4, -1), do_convert_rgb=False)
+    with pytest.raises(ValueError, match="images.*shapes"):
+        processor([random_uint8(S, S), random_uint8(20, 20)], do_resize=False, do_center_crop=False,
+                  return_tensors="pt")
+
+
+def test_bad_postprocess_arguments_raise(processor):
+    with pytest.raises(ValueError, match="output_type"):
+        processor.postprocess(torch.rand(1, 3, 4, 4), output_type="latent")
+    with pytest.raises(ValueError, match="images"):
+        processor.postprocess(torch.rand(1, 4, 4, 4))
+    with pytest.raises(TypeError, match="images"):
+        processor.postprocess([torch.rand(3, 4, 4)])
+    with pytest.raises(TypeError, match="images"):
+        processor.postprocess(torch.ones(1, 3, 4, 4, dtype=torch.long))
