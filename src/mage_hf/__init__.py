@@ -16,6 +16,13 @@ from .modeling_mage import (
 )
 from .image_processing_mage import MageImageProcessor
 from .modeling_vqgan import MageVQModel
+from .pipeline_mage import MagePipeline
+from .scheduling_mage import MageScheduler, MageSchedulerOutput
+
+# diffusers loads a `["mage_hf", "<Class>"]` component of model_index.json by finding its base class (ModelMixin,
+# PreTrainedModel, SchedulerMixin) as an attribute of the library `mage_hf`: expose them here.
+from diffusers import ModelMixin, SchedulerMixin  # noqa: E402,F401
+from transformers import PreTrainedModel  # noqa: E402,F401
 
 __version__ = "0.1.0"
 
@@ -38,6 +45,9 @@ __all__ = [
     "MageImageProcessor",
     "MageMaskedImageModelingOutput",
     "MageModel",
+    "MagePipeline",
     "MagePreTrainedModel",
+    "MageScheduler",
+    "MageSchedulerOutput",
     "MageVQModel",
 ]
