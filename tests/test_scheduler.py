@@ -288,3 +288,20 @@ def test_bad_inputs():
         MageScheduler(mask_token_id=MASK, mask_schedule="square")
     with pytest.raises(ValueError, match="mask_token_id"):
         MageScheduler(mask_token_id=-1)
+
+
+def test_schedule_spans_the_tokens_masked_at_start():
+    """Editing: with 16 of 64 tokens unknown, the cosine schedule runs over those 16 (floor(16 cos(pi t / 8)))."""
+    scheduler = MageScheduler(mask_token_id=99, choice_temperature=0.0)
+    scheduler.set_timesteps(4)
+    ids = torch.zeros(1, 64, dtype=torch.long)
+    ids[0, :16] = 99
+    start = torch.tensor([16])
+    expected = [math.floor(16 * math.cos(math.pi / 2 * (t + 1) / 4)) for t in range(3)] + [0]
+    counts = []
+    for t in range(4):
+        logits = torch.randn(1, 64, 8, generator=torch.Generator().manual_seed(t))
+        ids = scheduler.step(logits, t, ids, num_masked_at_start=start).prev_sample
+        counts.append(int((ids == 99).sum()))
+        assert (ids[0, 16:] == 0).all()
+    assert counts == [max(1, c) if i < 3 else 0 for i, c in enumerate(expected)]

@@ -370,6 +370,10 @@ class MagePipeline(DiffusionPipeline):
         # 3. Starting tokens
         sample_ids = self.prepare_latents(total, device, image, mask_image, strength, generator)
 
+        num_masked_at_start = None
+        if image is not None:  # editing: the schedule spans the tokens to regenerate, not the whole grid
+            num_masked_at_start = (sample_ids == self.transformer.config.mask_token_id).sum(dim=1)
+
         # 4. Timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         self._num_timesteps = num_inference_steps
@@ -380,6 +384,7 @@ class MagePipeline(DiffusionPipeline):
             sample_ids = self.scheduler.step(
                 logits, step_index, sample_ids, generator=generator,
                 choice_temperature=choice_temperature, temperature=temperature,
+                num_masked_at_start=num_masked_at_start,
             ).prev_sample
             if callback_on_step_end is not None:
                 available = {"sample_ids": sample_ids}

@@ -150,6 +150,7 @@ class MageScheduler(SchedulerMixin, ConfigMixin):
         choice_temperature: float | None = None,
         temperature: float | None = None,
         return_dict: bool = True,
+        num_masked_at_start: torch.LongTensor | None = None,
     ) -> MageSchedulerOutput | tuple[torch.LongTensor, torch.LongTensor]:
         """One decoding step.
 
@@ -163,6 +164,9 @@ class MageScheduler(SchedulerMixin, ConfigMixin):
                 sample, then its Gumbel noise, from `generator[b]`; a batch of one with `[g]` equals one with `g`).
             choice_temperature, temperature: override the config values for this step.
             return_dict: return a [`MageSchedulerOutput`] (else the tuple `(prev_sample, pred_original_sample)`).
+            num_masked_at_start (`torch.LongTensor` of shape `(batch_size,)`, *optional*): tokens that were unknown
+                before step 0 (editing); the schedule scales this count instead of `num_tokens` (the original's
+                rule, all tokens unknown at the start).
 
         Returns:
             `prev_sample` (ids for the next step, re-masked; no mask id after the last step) and
@@ -213,7 +217,11 @@ class MageScheduler(SchedulerMixin, ConfigMixin):
             # 3. how many stay masked, per sample.
             ratio = (step_index + 1) / num_steps
             unknown_count = unknown.sum(dim=-1)
-            mask_len = torch.full_like(unknown_count, self.mask_len(step_index, num_tokens))
+            if num_masked_at_start is None:
+                mask_len = torch.full_like(unknown_count, self.mask_len(step_index, num_tokens))
+            else:
+                ratio_left = float(self.mask_ratio(ratio))
+                mask_len = torch.floor(num_masked_at_start.to(device).double() * ratio_left).long().clamp_min(0)
             mask_len = torch.clamp(torch.minimum(unknown_count - 1, mask_len), min=1)
 
             # 4. re-mask the least confident new tokens.
