@@ -62,6 +62,20 @@ class CheckpointError(ValueError):
     """An original checkpoint that cannot be converted (unsafe, corrupt, or with unexpected keys)."""
 
 
+def _require(state_dict: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in state_dict:
+        raise CheckpointError(f"missing key `{key}` in the checkpoint")
+    return state_dict[key]
+
+
+def _count_indexed(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+    """Number of modules `prefix.<i>.*` (1 + the largest index); raises when there is none."""
+    indices = [int(m.group(1)) for k in state_dict if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))]
+    if not indices:
+        raise CheckpointError(f"missing keys `{prefix}.<i>.*` in the checkpoint")
+    return 1 + max(indices)
+
+
 def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load an original `.pth` / `.ckpt` with `torch.load(weights_only=True)`; returns its flat state dict.
 
@@ -75,12 +89,18 @@ def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
         with torch.serialization.safe_globals([argparse.Namespace]):
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        # torch's message is long; its "WeightsUnpickler error:" part says what was refused.
+        match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(error), re.DOTALL)
+        reason = " ".join((match[1] if match else str(error).splitlines()[0]).split()).split(". Please use")[0]
+        if "Unsupported global" not in reason:  # not a refused object: a damaged or foreign pickle stream
+            raise CheckpointError(f"`{path}` is not a readable PyTorch checkpoint: {reason}") from error
         raise CheckpointError(
             f"refusing to load `{path}`: it holds objects other than tensors, which `weights_only=True` does not "
-            f"allow ({str(error).splitlines()[0]})"
+            f"allow ({reason})"
         ) from error
     except Exception as error:  # torch raises RuntimeError, EOFError, zipfile errors... for damaged files
-        raise CheckpointError(f"`{path}` is not a readable PyTorch checkpoint: {error}") from error
+        detail = str(error) or f"{type(error).__name__} (empty or cut short?)"
+        raise CheckpointError(f"`{path}` is not a readable PyTorch checkpoint: {detail}") from error
     if isinstance(payload, dict):
         for key in ("model", "state_dict"):
             if isinstance(payload.get(key), dict):
@@ -185,7 +205,7 @@ def convert_mage_state_dict(
         )
     vq_config = infer_vq_config(state_dict, prefix="vqgan.")
     codebook_size = vq_config["num_vq_embeddings"]
-    vocab_size, hidden_size = state_dict["token_emb.word_embeddings.weight"].shape
+    vocab_size, hidden_size = _require(state_dict, "token_emb.word_embeddings.weight").shape
     num_image_tokens = None
     if "decoder_pos_embed_learned" in state_dict:
         num_image_tokens = state_dict["decoder_pos_embed_learned"].shape[1] - 1
@@ -198,7 +218,7 @@ def convert_mage_state_dict(
         raise CheckpointError(f"the checkpoint's {num_image_tokens} image tokens do not form a square grid")
     image_size = grid * 2 ** (len(vq_config["block_out_channels"]) - 1)
     vq_config["sample_size"] = image_size
-    depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
+    depth = _count_indexed(state_dict, "blocks")
     config_kwargs = {
         "image_size": image_size,
         "num_channels": vq_config["in_channels"],
@@ -207,8 +227,8 @@ def convert_mage_state_dict(
         "hidden_size": hidden_size,
         "num_hidden_layers": depth,
         "num_attention_heads": num_attention_heads,
-        "mlp_ratio": state_dict["blocks.0.mlp.fc1.weight"].shape[0] / hidden_size,
-        "max_position_embeddings": state_dict["token_emb.position_embeddings.weight"].shape[0],
+        "mlp_ratio": _require(state_dict, "blocks.0.mlp.fc1.weight").shape[0] / hidden_size,
+        "max_position_embeddings": _require(state_dict, "token_emb.position_embeddings.weight").shape[0],
         "vq_config": vq_config,
     }
     if is_classifier:
@@ -216,9 +236,9 @@ def convert_mage_state_dict(
         config_kwargs.update(num_labels=head.shape[0], use_linear_probe_bn="head.1.weight" in state_dict)
         # The fine-tuned model's decoder does not exist; keep the released decoder sizes in the config.
     else:
-        decoder_depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"decoder_blocks\.(\d+)\.", k)))
+        decoder_depth = _count_indexed(state_dict, "decoder_blocks")
         config_kwargs.update(
-            decoder_hidden_size=state_dict["decoder_embed.weight"].shape[0],
+            decoder_hidden_size=_require(state_dict, "decoder_embed.weight").shape[0],
             decoder_num_hidden_layers=decoder_depth,
             decoder_num_attention_heads=decoder_num_attention_heads,
         )
@@ -250,7 +270,10 @@ def _build_model(converted: ConvertedMage):
 
     model_class = MageForImageClassification if converted.task == "classification" else MageForMaskedImageModeling
     model = model_class(converted.config).eval()
-    missing, unexpected = model.load_state_dict(converted.state_dict, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(converted.state_dict, strict=False)
+    except RuntimeError as error:  # size mismatches: tensors that disagree with the sizes read from the checkpoint
+        raise CheckpointError(f"converted weights do not fit the model: {error}") from error
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise CheckpointError(f"converted weights do not fit the model: missing {missing}, unexpected {unexpected}")
@@ -273,7 +296,10 @@ def load_original_vqgan(checkpoint: str | os.PathLike, image_size: int = 256):
 
     state_dict = load_original_state_dict(checkpoint)
     model = MageVQModel(**infer_vq_config(state_dict, image_size=image_size)).eval()
-    model.load_state_dict(convert_vqgan_state_dict(state_dict), strict=True)
+    try:
+        model.load_state_dict(convert_vqgan_state_dict(state_dict), strict=True)
+    except RuntimeError as error:  # missing keys or size mismatches
+        raise CheckpointError(f"`{checkpoint}` does not fit the VQGAN read from its sizes: {error}") from error
     return model
 
 
@@ -285,19 +311,29 @@ class atomic_output_dir:
         self.overwrite = overwrite
 
     def __enter__(self) -> Path:
+        if self.path.exists() and not self.path.is_dir():
+            raise FileExistsError(f"output path `{self.path}` exists and is not a directory")
         if self.path.exists() and any(self.path.iterdir()) and not self.overwrite:
             raise FileExistsError(f"output directory `{self.path}` exists and is not empty (pass --overwrite)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        # mkdtemp creates 0o700; give the final folder the permissions of a plain `mkdir`.
+        umask = os.umask(0)
+        os.umask(umask)
+        self.tmp.chmod(0o777 & ~umask)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
-        if self.path.exists():
-            shutil.rmtree(self.path)
+        old = None
+        if self.path.exists():  # move the old folder aside first, so a failure never leaves neither
+            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
+            os.replace(self.path, old)
         os.replace(self.tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         return False
 
 
