@@ -521,3 +521,39 @@ def test_non_empty_output_dir_needs_overwrite(golden, tmp_path):
 def test_bad_flags_exit_2(tmp_path, flags, message):
     code, _, stderr = _convert(*flags, "--output-dir", tmp_path / "out")
     assert code == 2 and message in stderr and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------- pipeline dir
+
+
+def test_pipeline_dir_reproduces_original_generation_steps(golden, tmp_path):
+    """`--pipeline-dir` writes a MagePipeline whose network calls match the original's generation steps."""
+    from mage_hf import MagePipeline
+
+    model_dir, pipeline_dir = tmp_path / "model", tmp_path / "pipeline"
+    code, stdout, stderr = _convert(
+        "--checkpoint", golden.pretraining_checkpoint, *_head_flags(golden),
+        "--output-dir", model_dir, "--pipeline-dir", pipeline_dir,
+    )
+    assert code == 0, stderr
+    assert "MagePipeline 2-step generation identical" in stdout
+    assert (pipeline_dir / "model_index.json").is_file() and (pipeline_dir / "README.md").is_file()
+    assert not any(p.suffix in (".bin", ".pth", ".pt") for p in pipeline_dir.rglob("*"))
+    pipe = MagePipeline.from_pretrained(pipeline_dir)
+    assert pipe.transformer.mage.vqgan is None
+    pipe._guidance_scale = 1.0
+    with torch.no_grad():
+        for step, ids in enumerate(golden.tensors["gen_step_input_ids"]):
+            logits = pipe.predict_logits(ids[:, 1:], ids[:, 0], guidance=1.0)
+            assert (logits - golden.tensors["gen_step_logits"][step]).abs().max() <= 1e-4
+        images = pipe.decode_tokens(golden.tensors["gen_final_ids"], "pt")
+    assert (images - golden.tensors["gen_images"].clamp(0, 1)).abs().max() <= 1e-4
+
+
+def test_pipeline_dir_refuses_classifier_checkpoints(golden, tmp_path):
+    code, _, stderr = _convert(
+        "--checkpoint", golden.finetuned_checkpoint, *_head_flags(golden),
+        "--output-dir", tmp_path / "model", "--pipeline-dir", tmp_path / "pipeline",
+    )
+    assert code == 2 and "--pipeline-dir" in stderr
+    assert not (tmp_path / "model").exists() and not (tmp_path / "pipeline").exists()

@@ -35,7 +35,8 @@ class MageConfig(PreTrainedConfig):
     every sequence holds a condition token: `fake_class_id` for unconditional use (the original's choice,
     `codebook_size + 76`), or `codebook_size + c` for class `c` of a class-conditional model
     (`num_condition_classes > 0`). A class-conditional model must not use a class slot as its unconditional id:
-    when `fake_class_id` is left `None` and the classes reach slot 76, the last slot is used instead.
+    when `fake_class_id` is left `None` and the classes reach slot 76 (or there are no 77 slots), the last slot is
+    used instead.
 
     Args:
         image_size: side of the square input image in pixels.
@@ -119,7 +120,7 @@ class MageConfig(PreTrainedConfig):
         self.vq_config = vq_config
         if self.fake_class_id is None:
             slot = ORIGINAL_FAKE_CLASS_SLOT
-            if self.num_condition_classes > ORIGINAL_FAKE_CLASS_SLOT:
+            if self.num_condition_classes > slot or slot >= self.num_class_slots:
                 slot = self.num_class_slots - 1
             self.fake_class_id = self.codebook_size + slot
         super().__post_init__(**kwargs)
