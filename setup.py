@@ -17,6 +17,8 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
+    # the embedded default model (safetensors + json configs + model cards)
+    package_data={"mage_hf": ["pretrained/*/*.*", "pretrained/*/*/*.*", "pretrained/*/*/*/*.*"]},
     install_requires=[
         "torch>=2.4,<3",
         "transformers>=5.0,<6",

@@ -6,6 +6,7 @@ Importing the package registers `MageConfig` ("mage") and its models with the tr
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .configuration_mage import MAGE_PRESETS, MageConfig
+from .default_model import DEFAULT_MODEL, DEFAULT_MODEL_NAME, DEFAULT_PIPELINE, load_default_pipeline
 from .modeling_mage import (
     MageForImageClassification,
     MageForMaskedImageModeling,
@@ -37,6 +38,9 @@ AutoImageProcessor.register(
 )
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_MODEL_NAME",
+    "DEFAULT_PIPELINE",
     "MAGE_PRESETS",
     "MageConfig",
     "MageForImageClassification",
@@ -50,4 +54,5 @@ __all__ = [
     "MageScheduler",
     "MageSchedulerOutput",
     "MageVQModel",
+    "load_default_pipeline",
 ]

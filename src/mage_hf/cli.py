@@ -12,6 +12,7 @@ import sys
 
 # command name -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("mage_hf.generate_cli", "generate or inpaint images with a MagePipeline (default: mage-mnist)"),
     "convert": ("mage_hf.conversion_cli", "convert original MAGE / VQGAN checkpoints to mage_hf folders"),
     "pretrain": ("mage_hf.training.pretrain", "masked-token pretraining (optionally class-conditional) with accelerate"),
     "train-tokenizer": ("mage_hf.training.train_tokenizer", "train or continue the VQGAN tokenizer with accelerate"),
