@@ -274,6 +274,10 @@ class MagePreTrainedModel(PreTrainedModel):
             if module.weight is not None:
                 init.ones_(module.weight)
                 init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm1d):  # running statistics are buffers: start at N(0, 1)
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
         elif isinstance(module, MageDecoder):
             init.normal_(module.decoder_pos_embed_learned, std=self.config.initializer_range)
         elif isinstance(module, MageMLMHead):

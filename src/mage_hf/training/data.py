@@ -372,10 +372,10 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 class ImageTransform:
     """Batch transform for `Dataset.with_transform` / `IterableDataset.map(batched=True, with_indices=True)`.
 
-    Training: RandomResizedCrop(`image_size`, scale=(`min_crop_scale`, 1)) + horizontal flip, keyed on (seed,
-    epoch, example index). Evaluation: `MageImageProcessor.for_image_size(image_size)` (shortest edge to the size,
-    centre crop; small images grow). Returns `pixel_values` (3, S, S) in [0, 1] and, when
-    `label_column` is set, `labels`.
+    Training: RandomResizedCrop(`image_size`, scale=(`min_crop_scale`, 1)) + horizontal flip (unless
+    `horizontal_flip` is False), keyed on (seed, epoch, example index). Evaluation:
+    `MageImageProcessor.for_image_size(image_size)` (shortest edge to the size, centre crop; small images grow).
+    Returns `pixel_values` (3, S, S) in [0, 1] and, when `label_column` is set, `labels`.
     """
 
     image_column: str

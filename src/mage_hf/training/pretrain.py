@@ -1,0 +1,191 @@
+"""`mage-hf pretrain`: MAGE masked-token pretraining, optionally class-conditional.
+
+The recipe (spec §6, the paper's ViT-B/L run): AdamW betas (0.9, 0.95), weight decay 0.05, base lr 1.5e-4 per 256
+images, 1600 epochs with 40 warm-up epochs then cosine decay, gradient-norm clip 3.0, RandomResizedCrop(scale
+0.2-1) + flip; the VQGAN tokenizer is frozen (and kept in eval mode). The model samples the original masks itself.
+The contrastive variant (MAGE-C) is not implemented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from torch import nn
+
+from ..configuration_mage import MageConfig
+from ..modeling_mage import MageForMaskedImageModeling, MageModel
+from ..modeling_vqgan import MageVQModel
+from .arguments import RecipeDefaults, add_training_arguments
+from .data import add_data_arguments
+from .loop import StepContext, StepOutput, TrainingTask, run_training, save_image_processor
+from .seeding import keyed_generator
+
+logger = logging.getLogger(__name__)
+
+PRETRAIN_RECIPE = RecipeDefaults(
+    base_learning_rate=1.5e-4,
+    weight_decay=0.05,
+    adam_beta1=0.9,
+    adam_beta2=0.95,
+    num_train_epochs=1600,
+    warmup_epochs=40,
+    max_grad_norm=3.0,
+    min_crop_scale=0.2,
+)
+DEFAULT_MODEL_CONFIG = "vit-b"
+# Keys of a saved MageVQModel config that are bookkeeping, not constructor arguments.
+_VQ_PRIVATE_PREFIX = "_"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_training_arguments(parser, PRETRAIN_RECIPE)
+    add_data_arguments(parser, labels="optional")
+    group = parser.add_argument_group("pretraining")
+    group.add_argument("--tokenizer", help="trained MageVQModel folder (or a MAGE / pipeline folder) to tokenize with")
+    group.add_argument("--class-conditional", action="store_true",
+                       help="condition on `--label-column` (one condition token per class)")
+    group.add_argument("--condition-dropout-prob", type=float,
+                       help="probability of dropping the class in training (default: the config's, 0.1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_training(args, PretrainingTask)
+
+
+def load_config(name_or_path: str, **overrides) -> MageConfig:
+    """A size preset name (tiny | vit-b | vit-l) or a config file / folder -> `MageConfig`."""
+    if Path(name_or_path).exists():
+        return MageConfig.from_pretrained(name_or_path, **overrides)
+    try:
+        return MageConfig.from_preset(name_or_path, **overrides)
+    except ValueError as error:
+        raise ValueError(f"`--model-config` {name_or_path!r}: not a file or folder, and {error}") from error
+
+
+def load_tokenizer(path: str, flag: str = "--tokenizer") -> MageVQModel:
+    """A MageVQModel folder, a pipeline folder (its `vqvae/`), or a MAGE model folder (its tokenizer)."""
+    root = Path(path)
+    if (root / "vqvae" / "config.json").is_file():
+        return MageVQModel.from_pretrained(path, subfolder="vqvae")
+    if not (root / "config.json").is_file():
+        raise ValueError(f"`{flag}` {path!r} is not a model folder (no config.json)")
+    if json.loads((root / "config.json").read_text()).get("model_type") == "mage":
+        tokenizer = MageModel.from_pretrained(path).vqgan
+        if tokenizer is None:
+            raise ValueError(f"`{flag}` {path!r} is a MAGE model without a tokenizer")
+        return tokenizer
+    return MageVQModel.from_pretrained(path)
+
+
+def vq_kwargs(tokenizer: MageVQModel) -> dict:
+    return {k: v for k, v in dict(tokenizer.config).items() if not k.startswith(_VQ_PRIVATE_PREFIX)}
+
+
+class PretrainingTask(TrainingTask):
+    command = "pretrain"
+    card_kind = "pretraining"
+
+    @classmethod
+    def validate_arguments(cls, args: argparse.Namespace) -> None:
+        p = args.condition_dropout_prob
+        if p is not None and not 0.0 <= p <= 1.0:
+            raise ValueError(f"`--condition-dropout-prob` must be in [0, 1], got {p}")
+        if p is not None and not args.class_conditional:
+            raise ValueError("`--condition-dropout-prob` needs `--class-conditional`")
+
+    @classmethod
+    def uses_labels(cls, args: argparse.Namespace) -> bool:
+        return args.class_conditional
+
+    def build_model(self) -> MageForMaskedImageModeling:
+        args = self.args
+        overrides = self._condition_overrides()
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        if args.model is not None:
+            self._check_conditioning(MageConfig.from_pretrained(args.model))
+            model = MageForMaskedImageModeling.from_pretrained(args.model, **overrides)
+        else:
+            if tokenizer is not None:  # the tokenizer decides codebook and image size
+                tokenizer_config = tokenizer.config
+                overrides.update(vq_config=vq_kwargs(tokenizer), codebook_size=tokenizer_config.num_vq_embeddings,
+                                 image_size=tokenizer_config.sample_size)
+            model = MageForMaskedImageModeling(load_config(args.model_config or DEFAULT_MODEL_CONFIG, **overrides))
+        if tokenizer is not None:
+            self._load_tokenizer_weights(model, tokenizer)
+        elif args.model is None:
+            logger.warning("no `--tokenizer` and no `--model`: pretraining on the tokens of a RANDOM VQGAN")
+        model.mage.vqgan.requires_grad_(False)
+        return model
+
+    def _condition_overrides(self) -> dict:
+        args = self.args
+        if not args.class_conditional:
+            return {}
+        overrides = {"num_condition_classes": self.data.num_labels,
+                     "id2label": dict(enumerate(self.data.label_names))}
+        if args.condition_dropout_prob is not None:
+            overrides["condition_dropout_prob"] = args.condition_dropout_prob
+        return overrides
+
+    def _check_conditioning(self, config: MageConfig) -> None:
+        """An unconditional model may become class-conditional; a conditional one keeps its class count."""
+        classes = config.num_condition_classes
+        if self.args.class_conditional and classes not in (0, self.data.num_labels):
+            raise ValueError(
+                f"`--model` {self.args.model!r} was trained with {classes} condition classes, `--label-column` "
+                f"{self.args.label_column!r} has {self.data.num_labels}"
+            )
+
+    def _load_tokenizer_weights(self, model: MageForMaskedImageModeling, tokenizer: MageVQModel) -> None:
+        try:
+            model.mage.vqgan.load_state_dict(tokenizer.state_dict())
+        except RuntimeError as error:
+            raise ValueError(
+                f"`--tokenizer` {self.args.tokenizer!r} does not fit the model's `vq_config` "
+                f"{model.config.vq_config}: {error}"
+            ) from error
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.image_size
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+        extract_model_from_parallel(model).mage.vqgan.eval()  # the frozen tokenizer never trains
+
+    def training_step(self, model, batch, step: StepContext) -> StepOutput:
+        output = model(pixel_values=batch["pixel_values"], class_labels=batch.get("labels"), generator=step.generator)
+        return StepOutput(output.loss)
+
+    @torch.no_grad()
+    def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
+        """Masked-token loss and accuracy over the evaluation data, with masks keyed on the batch."""
+        model.eval()
+        inner = extract_model_from_parallel(model)
+        losses, accuracies = [], []
+        for index, batch in enumerate(dataloader):
+            generator = keyed_generator(self.args.seed, "eval", accelerator.process_index, index)
+            out = model(pixel_values=batch["pixel_values"], class_labels=batch.get("labels"), generator=generator)
+            per_example = torch.stack([
+                inner.masked_token_loss(out.logits[i : i + 1], out.labels[i : i + 1], out.bool_masked_pos[i : i + 1])
+                for i in range(out.logits.shape[0])
+            ])
+            correct = out.logits[:, 1:, : inner.config.codebook_size].argmax(-1) == out.labels
+            masked = out.bool_masked_pos.float()
+            accuracy = (correct.float() * masked).sum(1) / masked.sum(1).clamp_min(1.0)
+            loss, accuracy = accelerator.gather_for_metrics((per_example, accuracy))
+            losses.append(loss)
+            accuracies.append(accuracy)
+        return {"loss": torch.cat(losses).mean().item(), "masked_token_accuracy": torch.cat(accuracies).mean().item()}
+
+    def save_pretrained(self, model, state_dict, save_dir: Path) -> None:
+        model.save_pretrained(save_dir, state_dict=state_dict)
+        save_image_processor(model.config.image_size, save_dir)
+
+
+__all__ = ["PRETRAIN_RECIPE", "PretrainingTask", "add_arguments", "load_config", "load_tokenizer", "run"]
