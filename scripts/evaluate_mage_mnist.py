@@ -77,6 +77,7 @@ def class_conditional_accuracy(pipe, judge, per_class: int, guidance: float, ste
     for digit in range(10):
         images = generate(pipe, [digit] * per_class, per_class, guidance, seed=digit, steps=steps)
         per_class_accuracy[str(digit)] = float((judge.predict(to_flat(images)) == digit).mean())
+        print(f"guidance {guidance}: digit {digit} recognised {per_class_accuracy[str(digit)]:.1%}", flush=True)
     per_class_accuracy["mean"] = float(np.mean([per_class_accuracy[str(d)] for d in range(10)]))
     return per_class_accuracy
 
