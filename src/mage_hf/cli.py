@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("mage_hf.generate_cli", "generate or inpaint images with a MagePipeline (default: mage-mnist)"),
     "convert": ("mage_hf.conversion_cli", "convert original MAGE / VQGAN checkpoints to mage_hf folders"),
+    "push-to-hub": ("mage_hf.hub_cli", "upload a saved mage_hf folder (with its model card) to the Hugging Face Hub"),
     "pretrain": ("mage_hf.training.pretrain", "masked-token pretraining (optionally class-conditional) with accelerate"),
     "train-tokenizer": ("mage_hf.training.train_tokenizer", "train or continue the VQGAN tokenizer with accelerate"),
     "finetune": ("mage_hf.training.finetune", "fine-tune a pretrained MAGE for image classification"),
