@@ -27,7 +27,8 @@ class MageVQGroupNormSiLU(nn.GroupNorm):
     """GroupNorm followed by SiLU (swish), the pre-activation of every VQGAN conv."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return F.silu(super().forward(hidden_states))
+        # In place without autograd (one fewer full-size tensor: ~1.07x on CPU); SiLU's backward needs its input.
+        return F.silu(super().forward(hidden_states), inplace=not torch.is_grad_enabled())
 
 
 class MageVQResnetBlock(nn.Module):
