@@ -3,7 +3,11 @@
 Importing the package registers `MageConfig` ("mage") and its models with the transformers Auto classes.
 """
 
+# diffusers loads a `["mage_hf", "<Class>"]` component of model_index.json by finding its base class (ModelMixin,
+# PreTrainedModel, SchedulerMixin) as an attribute of the library `mage_hf`: so they are imported here too.
+from diffusers import ModelMixin, SchedulerMixin  # noqa: F401
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers import PreTrainedModel  # noqa: F401
 
 from .configuration_mage import MAGE_PRESETS, MageConfig
 from .default_model import DEFAULT_MODEL, DEFAULT_MODEL_NAME, DEFAULT_PIPELINE, load_default_pipeline
@@ -19,11 +23,6 @@ from .image_processing_mage import MageImageProcessor
 from .modeling_vqgan import MageVQModel
 from .pipeline_mage import MagePipeline
 from .scheduling_mage import MageScheduler, MageSchedulerOutput
-
-# diffusers loads a `["mage_hf", "<Class>"]` component of model_index.json by finding its base class (ModelMixin,
-# PreTrainedModel, SchedulerMixin) as an attribute of the library `mage_hf`: expose them here.
-from diffusers import ModelMixin, SchedulerMixin  # noqa: E402,F401
-from transformers import PreTrainedModel  # noqa: E402,F401
 
 __version__ = "0.1.0"
 
