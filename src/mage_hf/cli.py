@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("mage_hf.training.train_tokenizer", "train or continue the VQGAN tokenizer with accelerate"),
     "finetune": ("mage_hf.training.finetune", "fine-tune a pretrained MAGE for image classification"),
     "linprobe": ("mage_hf.training.linprobe", "linear probe (BatchNorm + linear head) on a frozen MAGE encoder"),
+    "evaluate": ("mage_hf.evaluation.evaluate_cli", "evaluate generation (FID, IS, precision/recall) or representations"),
 }
 
 
