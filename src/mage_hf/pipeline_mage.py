@@ -39,6 +39,12 @@ class MagePipeline(DiffusionPipeline):
     - editing: `pipe(image=..., mask_image=...)` regenerates the tokens whose patch touches the white part of the
       mask and keeps the others; `outpaint(...)` and `uncrop(...)` build such a canvas and mask.
 
+    Reduced precision and speed: `MagePipeline.from_pretrained(path, dtype=torch.bfloat16)` (diffusers >= 0.42;
+    `torch_dtype=` on older versions) loads every component in bf16 / fp16, and `torch.autocast(device_type,
+    dtype=torch.bfloat16)` around a call runs fp32 weights in bf16. Either way the logits are cast to float32
+    before the scheduler (softmax, sampling, Gumbel noise and the confidence sort run in float32) and the images
+    come back as float32 in [0, 1]. `compile_transformer(**kwargs)` applies `torch.compile` to the transformer.
+
     Example:
     ```python
     >>> import torch
@@ -82,6 +88,23 @@ class MagePipeline(DiffusionPipeline):
         transformer.to(dtype=model.dtype).eval()
         scheduler = MageScheduler(mask_token_id=config.mask_token_id, **scheduler_kwargs)
         return cls(vqvae=model.mage.vqgan, transformer=transformer, scheduler=scheduler)
+
+    def compile_transformer(self, **compile_kwargs: Any) -> MagePipeline:
+        """`torch.compile` the transformer in place (`nn.Module.compile`, so parameter names and
+        `save_pretrained` are unchanged) and return the pipeline.
+
+        The transformer is the part called once per decoding step; the VQGAN decode runs once per call and stays
+        eager. `compile_kwargs` go to `torch.compile` (e.g. `mode="max-autotune"`, `dynamic=False`). The first
+        call with a new batch shape compiles (classifier-free guidance doubles the batch the transformer sees);
+        the input-id validation of the model is a graph break, so `fullgraph=True` is not supported.
+        """
+        self.transformer.compile(**compile_kwargs)
+        return self
+
+    @property
+    def transformer_is_compiled(self) -> bool:
+        """Whether `compile_transformer` (or `transformer.compile()`) was applied."""
+        return getattr(self.transformer, "_compiled_call_impl", None) is not None
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save as diffusers does, with `model_index.json` naming components `["mage_hf", "<Class>"]`: the
