@@ -23,47 +23,17 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-from scipy import linalg
 
 import mage_hf
 from mage_hf import DEFAULT_MODEL, DEFAULT_PIPELINE, MageModel, MagePipeline
+from mage_hf.evaluation.metrics import FeatureStatistics, frechet_distance
+from mage_hf.evaluation.mnist_judge import train_mnist_judge
 from mage_hf.generate_cli import make_grid
 from mage_hf.mnist import load_mnist_arrays, split_indices
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCS_IMAGES = REPO_ROOT / "docs" / "images"
 RESULTS_PATH = REPO_ROOT / "docs" / "mnist_results.json"
-
-
-def train_judge(seed: int = 0):
-    """MLP on the training digits; returns (classifier, held-out accuracy, test images, test labels, train images)."""
-    from sklearn.neural_network import MLPClassifier
-
-    digits, labels = load_mnist_arrays()
-    train, test = split_indices(labels)
-    flat = digits.reshape(len(digits), -1).astype(np.float32) / 255.0
-    judge = MLPClassifier(hidden_layer_sizes=(256,), max_iter=200, random_state=seed)
-    judge.fit(flat[train], labels[train])
-    accuracy = float((judge.predict(flat[test]) == labels[test]).mean())
-    return judge, accuracy, flat[test], labels[test], flat[train]
-
-
-def judge_features(judge, flat: np.ndarray) -> np.ndarray:
-    """The judge's hidden-layer activations (ReLU) for (n, 1024) images."""
-    return np.maximum(flat @ judge.coefs_[0] + judge.intercepts_[0], 0.0)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two (n, d) feature sets."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * covmean.real))
-
-
-def to_flat(images: np.ndarray) -> np.ndarray:
-    """(n, 32, 32, 3) float images in [0, 1] -> (n, 1024) grayscale, the judge's input."""
-    return images.mean(axis=-1).reshape(len(images), -1).astype(np.float32)
 
 
 def generate(pipe: MagePipeline, class_label, count: int, guidance: float, seed: int, steps: int) -> np.ndarray:
@@ -76,7 +46,7 @@ def class_conditional_accuracy(pipe, judge, per_class: int, guidance: float, ste
     per_class_accuracy = {}
     for digit in range(10):
         images = generate(pipe, [digit] * per_class, per_class, guidance, seed=digit, steps=steps)
-        per_class_accuracy[str(digit)] = float((judge.predict(to_flat(images)) == digit).mean())
+        per_class_accuracy[str(digit)] = float((judge.predict(images) == digit).mean())
         print(f"guidance {guidance}: digit {digit} recognised {per_class_accuracy[str(digit)]:.1%}", flush=True)
     per_class_accuracy["mean"] = float(np.mean([per_class_accuracy[str(d)] for d in range(10)]))
     return per_class_accuracy
@@ -157,7 +127,10 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     pipe = MagePipeline.from_pretrained(DEFAULT_PIPELINE)
     pipe.set_progress_bar_config(disable=True)
-    judge, judge_accuracy, test_flat, _, train_flat = train_judge()
+    judge = train_mnist_judge()
+    judge_accuracy = judge.heldout_accuracy
+    digits, labels = load_mnist_arrays()
+    train, test = split_indices(labels)
     results = {
         "mage_hf_version": mage_hf.__version__,
         "judge": "sklearn MLPClassifier(256) on the 4,000 training digits",
@@ -170,9 +143,13 @@ def main(argv: list[str] | None = None) -> dict:
                                                                args.num_inference_steps),
     }
     unconditional = generate(pipe, None, 10 * args.per_class, 1.0, seed=123, steps=args.num_inference_steps)
-    test_features = judge_features(judge, test_flat)
-    results["frechet_unconditional"] = frechet_distance(judge_features(judge, to_flat(unconditional)), test_features)
-    results["frechet_real_train_vs_heldout"] = frechet_distance(judge_features(judge, train_flat), test_features)
+    test_stats = FeatureStatistics.from_features(judge.features(digits[test]))
+    results["frechet_unconditional"] = frechet_distance(
+        FeatureStatistics.from_features(judge.features(unconditional)), test_stats
+    )
+    results["frechet_real_train_vs_heldout"] = frechet_distance(
+        FeatureStatistics.from_features(judge.features(digits[train])), test_stats
+    )
     results["linear_probe_accuracy"] = linear_probe_accuracy()
     results["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(results, indent=2))

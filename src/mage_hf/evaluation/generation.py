@@ -249,7 +249,13 @@ def generation_metrics(
 ) -> dict:
     """FID (from features or saved statistics), KID and precision/recall (need real features), IS (needs
     probabilities of the generated images). Returns a JSON-able dict."""
-    from .metrics import FeatureStatistics, frechet_distance, inception_score, kernel_distance, precision_recall
+    from .metrics import (
+        FeatureStatistics,
+        frechet_distance,
+        inception_score,
+        kernel_distance,
+        precision_recall,
+    )
 
     if real is None and real_statistics is None:
         raise ValueError("real features or real statistics are needed")

@@ -8,7 +8,6 @@ that the matrix square root needs.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,28 +48,22 @@ class FeatureStatistics:
         return cls(mu, sigma, num_samples)
 
 
-def frechet_distance(a: FeatureStatistics, b: FeatureStatistics, eps: float = 1e-6) -> float:
+def frechet_distance(a: FeatureStatistics, b: FeatureStatistics) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)): FID when the features are Inception pool3 features.
 
-    A nearly singular product (fewer samples than dimensions) gets `eps` added to both diagonals, as in the
-    reference implementation; the imaginary part left by numerical error is dropped (raises if it is large).
+    Tr((S_a S_b)^(1/2)) is computed as the sum of the square roots of the eigenvalues of the symmetric
+    S_a^(1/2) S_b S_a^(1/2) (same eigenvalues as S_a S_b): two symmetric eigendecompositions, exact for positive
+    semi-definite covariances, also singular ones (fewer samples than dimensions), and ~10x faster than a general
+    matrix square root at D = 2048.
     """
-    from scipy import linalg
-
     if a.mu.shape != b.mu.shape:
         raise ValueError(f"feature dimensions differ: {a.mu.shape[0]} vs {b.mu.shape[0]}")
     diff = a.mu - b.mu
-    with warnings.catch_warnings():  # a singular product (fewer samples than dimensions) is expected and handled
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(a.sigma @ b.sigma)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(len(a.mu)) * eps
-        covmean = linalg.sqrtm((a.sigma + offset) @ (b.sigma + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"the covariance square root has an imaginary part {np.abs(covmean.imag).max():.3g}")
-        covmean = covmean.real
-    value = diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2.0 * np.trace(covmean)
+    values, vectors = np.linalg.eigh(a.sigma)
+    sqrt_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    product = sqrt_a @ b.sigma @ sqrt_a
+    trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0, None)).sum()
+    value = diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2.0 * trace_covmean
     return float(max(value, 0.0))
 
 
