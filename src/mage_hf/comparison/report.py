@@ -159,7 +159,7 @@ def _generation_section(results: dict, images: dict[str, str]) -> list[str]:
 
 def write_report(results: dict, docs_dir: str | Path, command: str) -> Path:
     """Write `results.md`, `results.json` and the plots under `docs_dir` (plots in `docs_dir/images`)."""
-    from .harness import save_results
+    from ..evaluation.results_file import write_json_atomically
 
     docs_dir = Path(docs_dir)
     image_dir = docs_dir / "images"
@@ -168,7 +168,7 @@ def write_report(results: dict, docs_dir: str | Path, command: str) -> Path:
     plot_probes(results, docs_dir / images["probes"])
     if "generation" in results:
         plot_generation(results, docs_dir / images["generation"])
-    save_results(results, docs_dir / "results.json")
+    write_json_atomically(docs_dir / "results.json", results)
     path = docs_dir / "results.md"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(render_markdown(results, command, images))

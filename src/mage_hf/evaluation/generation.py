@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -24,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+
+from .results_file import write_json_atomically
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -420,14 +420,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     return results
 
 
-def _write_json_atomically(data: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def format_metrics(results: dict) -> str:
     """A two-column markdown table of the scalar metrics."""
     rows = [(key, value) for key, value in results.items() if isinstance(value, (int, float))]
@@ -445,7 +437,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(format_metrics(results))
     if args.output:
-        _write_json_atomically(results, args.output)
+        write_json_atomically(args.output, results)
         print(f"wrote {Path(args.output).resolve()}")
     return 0
 

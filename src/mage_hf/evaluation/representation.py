@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .results_file import write_json_atomically
 
 POOLINGS = ("auto", "mean", "cls", "pooler")
 PROBES = ("linear", "knn", "few-shot")
@@ -488,19 +487,6 @@ def _load_split(splits: dict, args: argparse.Namespace, flag: str, limit: int | 
     return dataset, torch.from_numpy(labels.astype(np.int64))
 
 
-def _write_json_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(data, file, indent=2)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     from datasets import Dataset
 
@@ -539,7 +525,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_results(results))
     if args.output:
         output = Path(args.output)
-        _write_json_atomically(output, results)
+        write_json_atomically(output, results)
         print(f"wrote {output.resolve()}", file=sys.stderr)
     return 0
 
