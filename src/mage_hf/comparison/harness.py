@@ -7,7 +7,7 @@ cosine), batch size, steps and initial seed; only the objective differs:
 
 - MAGE: `MageForMaskedImageModeling` on the tokens of the frozen mage-mnist VQGAN (its own pretraining is not
   counted), mask ratio 50-100 %, cross entropy on masked tokens;
-- MAE: transformers' `ViTMAEForPreTraining`, 75 % of the patches masked, normalised-pixel MSE;
+- MAE: transformers' `ViTMAEForPreTraining`, 75 % of the patches masked, pixel MSE on the masked patches;
 - I-JEPA: `mage_hf.comparison.ijepa` around transformers' `IJepaModel`, multi-block masks, EMA target encoder.
 
 Every `eval_every` steps the encoders are probed (`mage_hf.evaluation.representation`: logistic-regression linear
@@ -214,7 +214,9 @@ class MaeContender(Contender):
         from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
         config = ViTMAEConfig(
-            image_size=32, patch_size=4, num_channels=3, mask_ratio=0.75, norm_pix_loss=True, **MNIST_ENCODER,
+            # plain pixel MSE: per-patch normalisation (norm_pix_loss) divides the many all-black MNIST patches by
+            # ~0 and, in our first run, left the loss flat at the predict-the-mean level
+            image_size=32, patch_size=4, num_channels=3, mask_ratio=0.75, norm_pix_loss=False, **MNIST_ENCODER,
             decoder_hidden_size=MNIST_DECODER["hidden_size"],
             decoder_num_hidden_layers=MNIST_DECODER["num_hidden_layers"],
             decoder_num_attention_heads=MNIST_DECODER["num_attention_heads"],

@@ -87,7 +87,7 @@ def render_markdown(results: dict, command: str, images: dict[str, str]) -> str:
         f"{config['weight_decay']}), learning rate {config['learning_rate']} with {config['warmup_steps']} warm-up "
         "steps then cosine, gradient clipping 3.0, same image order and initialisation seed.",
         "- Objectives: MAGE (tokens of the frozen mage-mnist VQGAN, mask ratio 50-100 %, cross entropy), MAE "
-        "(`ViTMAEForPreTraining`, 75 % masked, normalised-pixel MSE), I-JEPA (`IJepaModel` context encoder, EMA "
+        "(`ViTMAEForPreTraining`, 75 % masked, pixel MSE; per-patch normalisation is off because most MNIST patches are constant), I-JEPA (`IJepaModel` context encoder, EMA "
         "target 0.996 -> 1, multi-block masks: 4 targets of 15-20 %, context 85-100 %, L2 on layer-normed targets; "
         "the target encoder is evaluated, as in the paper).",
         "",
