@@ -74,7 +74,8 @@ def render_markdown(results: dict, command: str, images: dict[str, str]) -> str:
         f"Produced by `{command}` on {datetime.date.today().isoformat()} ({platform.machine()} CPU, "
         f"{results['torch_threads']} torch threads, torch {torch.__version__}); total "
         f"{results['total_seconds'] / 60:.1f} min. Numbers are from one run with seed {config['seed']}; the raw "
-        "results are in `docs/results.json`. See `docs/evaluation.md` for the protocol.",
+        "results are in `docs/results.json`. The protocol and a reading of these numbers are in "
+        "[evaluation.md](evaluation.md#what-the-mnist-comparison-says).",
         "",
         "## Setup (the same for all three)",
         "",
