@@ -92,6 +92,7 @@ class Point:
     forward_s: float | None = None  # one transformer forward on `batch` sequences
     forward_mib: float | None = None
     other_cores: float | None = None  # load from other processes during the generate measurement
+    measured_at: str | None = None  # local time of the measurement
 
     @property
     def key(self) -> tuple:
@@ -156,6 +157,7 @@ def run_point(point: Point, repeats: int, warmup: int) -> Point:
     point.decode_s, point.decode_mib, _ = _median(measure(lambda: pipe.vqvae.decode_indices(tokens), repeats, warmup))
     times, point.generate_mib, point.other_cores = measure(generate, repeats, warmup)
     point.generate_all_s, point.generate_s = times, statistics.median(times)
+    point.measured_at = time.strftime("%Y-%m-%d %H:%M:%S")
     return point
 
 
@@ -323,8 +325,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default=str(HERE / "results_scaling_cpu.json"))
     parser.add_argument("--from-json", action="store_true",
                         help="measure nothing: print the table and redraw the plot from the --json file")
-    parser.add_argument("--merge", action="store_true",
-                        help="with --only: keep the other sweeps from the existing --json file (re-plots all)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the points of the --json file measured on a quiet machine (the file is "
+                             "rewritten after every point, so an interrupted sweep can go on)")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "images" / "scaling_cpu.png"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -348,6 +351,27 @@ def replot(args: argparse.Namespace) -> dict:
     return results
 
 
+def _results(args, sweeps: dict[str, list[Point]], peak: float, total: float) -> dict:
+    return {
+        "torch": torch.__version__, "cpu": bench.cpu_name(), "threads": torch.get_num_threads(), "dtype": "float32",
+        "matmul_peak_gflops": peak, "repeats": args.repeats, "warmup": args.warmup, "base": BASE,
+        "vq_config": SCALING_VQ_CONFIG, "model_sizes": MODEL_SIZES, "total_s": total,
+        "memory": "peak RSS above the RSS at the start of each measurement (warm-up included), MiB",
+        "max_other_load": args.max_other_load, "retries": args.retries,
+        "summary": growth_summary(sweeps),
+        "sweeps": {name: [asdict(p) for p in points] for name, points in sweeps.items()},
+    }
+
+
+def _previous_points(args) -> dict[tuple, Point]:
+    """With --resume: the points of the --json file measured with at most --max-other-load other load."""
+    if not (args.resume and args.json and Path(args.json).is_file()):
+        return {}
+    previous = json.loads(Path(args.json).read_text())["sweeps"]
+    points = [Point(**p) for sweep in previous.values() for p in sweep]
+    return {p.key: p for p in points if p.other_cores is not None and p.other_cores <= args.max_other_load}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.from_json:
@@ -364,7 +388,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# mage_hf scaling: torch {torch.__version__}, {bench.cpu_name()}, {torch.get_num_threads()} threads, "
           f"fp32, repeats {args.repeats}, warm-up {args.warmup}; matmul peak {peak:.1f} GFLOP/s ({side}^3)",
           flush=True)
-    done: dict[tuple, Point] = {}
+    done = _previous_points(args)
+    if done:
+        print(f"  resuming: {len(done)} points from {args.json}", file=sys.stderr)
     for name, points in sweeps.items():
         for index, point in enumerate(points):
             if point.key not in done:  # the base point is shared by the sweeps
@@ -372,26 +398,16 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"  {name} {point.key}: generate {point.generate_s:.3f} s, decode {point.decode_s:.3f} s, "
                       f"peak {bench._fmt(point.generate_mib, '.0f')} MiB, other load "
                       f"{bench._fmt(point.other_cores, '.2f')}", file=sys.stderr, flush=True)
+                if args.json:  # checkpoint: the sweeps measured so far, for --resume
+                    partial = {n: [done[p.key] for p in ps if p.key in done] for n, ps in sweeps.items()}
+                    partial = {n: ps for n, ps in partial.items() if ps}
+                    Path(args.json).write_text(json.dumps(_results(args, partial, peak, 0.0), indent=2) + "\n")
             points[index] = done[point.key]
     total = time.perf_counter() - start
-    if args.merge and args.json and Path(args.json).is_file():
-        previous = json.loads(Path(args.json).read_text())["sweeps"]
-        kept = {name: [Point(**p) for p in points] for name, points in previous.items() if name not in sweeps}
-        sweeps = {name: kept.get(name) or sweeps[name] for name in SWEEPS if name in kept or name in sweeps}
-    table = markdown_table(sweeps)
-    summary = growth_summary(sweeps)
-    print(f"\n{table}\n")
-    print("\n".join(summary))
+    print(f"\n{markdown_table(sweeps)}\n")
+    print("\n".join(growth_summary(sweeps)))
     print(f"\ntotal wall time {total:.0f} s")
-    results = {
-        "torch": torch.__version__, "cpu": bench.cpu_name(), "threads": torch.get_num_threads(), "dtype": "float32",
-        "matmul_peak_gflops": peak, "repeats": args.repeats, "warmup": args.warmup, "base": BASE,
-        "vq_config": SCALING_VQ_CONFIG, "model_sizes": MODEL_SIZES, "total_s": total,
-        "memory": "peak RSS above the RSS at the start of each measurement (warm-up included), MiB",
-        "max_other_load": args.max_other_load, "retries": args.retries,
-        "summary": summary,
-        "sweeps": {name: [asdict(p) for p in points] for name, points in sweeps.items()},
-    }
+    results = _results(args, sweeps, peak, total)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
