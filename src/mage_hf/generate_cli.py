@@ -109,7 +109,7 @@ def generate_images(pipe, num_images: int, batch_size: int | None, seed: int, cl
         generators = [torch.Generator(generator_device).manual_seed(seed + i) for i in index]
         images.append(pipe(generator=generators, output_type=output_type, **kwargs).images)
     if output_type == "pil":
-        return [image for chunk in images for image in chunk]
+        return [item for chunk in images for item in chunk]
     return np.concatenate(images) if output_type == "np" else torch.cat(images)
 
 
