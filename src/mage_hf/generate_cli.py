@@ -73,7 +73,7 @@ def _upscale(image: PIL.Image.Image, scale: int) -> PIL.Image.Image:
     return image if scale == 1 else image.resize((image.width * scale, image.height * scale), PIL.Image.NEAREST)
 
 
-def _load_kwargs(dtype: torch.dtype) -> dict:
+def load_kwargs(dtype: torch.dtype) -> dict:
     """`from_pretrained` keyword for the weights' dtype: `dtype` (diffusers >= 0.42) or `torch_dtype`."""
     import diffusers.utils
 
@@ -86,18 +86,16 @@ def chunks(count: int, batch_size: int | None) -> list[range]:
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
-def generate_images(pipe, num_images: int, batch_size: int | None, seed: int, class_label=None,
-                    image=None, mask_image=None, generator_device: str | torch.device = "cpu",
-                    output_type: str = "pil", **call_kwargs):
-    """`num_images` images in pipeline calls of at most `batch_size` images each: a list of PIL images, or the
-    chunks' "latent" / "pt" / "np" outputs concatenated along the batch.
+def iter_generated_chunks(pipe, num_images: int, batch_size: int | None, seed: int, class_label=None,
+                          image=None, mask_image=None, generator_device: str | torch.device = "cpu",
+                          output_type: str = "pil", **call_kwargs):
+    """Yield the `.images` of pipeline calls of at most `batch_size` images each, `num_images` in all.
 
     Image i is generated with `torch.Generator(generator_device).manual_seed(seed + i)` (per-sample generators),
     so its tokens do not depend on `batch_size` (decoded pixels may differ by float rounding: the VQGAN's convs
     can pick other kernels for another batch size). `class_label`, `image` and `mask_image` are lists of
     `num_images` entries (or None); other keyword arguments go to every pipeline call.
     """
-    images = []
     for index in chunks(num_images, batch_size):
         kwargs = dict(call_kwargs)
         if class_label is not None:
@@ -107,7 +105,13 @@ def generate_images(pipe, num_images: int, batch_size: int | None, seed: int, cl
         if image is not None:
             kwargs.update(image=[image[i] for i in index], mask_image=[mask_image[i] for i in index])
         generators = [torch.Generator(generator_device).manual_seed(seed + i) for i in index]
-        images.append(pipe(generator=generators, output_type=output_type, **kwargs).images)
+        yield pipe(generator=generators, output_type=output_type, **kwargs).images
+
+
+def generate_images(pipe, num_images: int, batch_size: int | None, seed: int, output_type: str = "pil", **kwargs):
+    """`iter_generated_chunks` gathered: a list of PIL images, or the chunks' "latent" / "pt" / "np" outputs
+    concatenated along the batch."""
+    images = list(iter_generated_chunks(pipe, num_images, batch_size, seed, output_type=output_type, **kwargs))
     if output_type == "pil":
         return [item for chunk in images for item in chunk]
     return np.concatenate(images) if output_type == "np" else torch.cat(images)
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.image is None) != (args.mask is None):
         raise SystemExit("error: inpainting needs both `--image` and `--mask`")
     device = torch.device(args.device)
-    pipe = MagePipeline.from_pretrained(args.pipeline or DEFAULT_PIPELINE, **_load_kwargs(getattr(torch, args.dtype)))
+    pipe = MagePipeline.from_pretrained(args.pipeline or DEFAULT_PIPELINE, **load_kwargs(getattr(torch, args.dtype)))
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=args.no_progress)
     if args.compile:
@@ -169,4 +173,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "chunks", "generate_images", "make_grid", "run"]
+__all__ = ["add_arguments", "chunks", "generate_images", "iter_generated_chunks", "make_grid", "run"]

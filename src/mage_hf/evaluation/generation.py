@@ -153,22 +153,19 @@ def sample_batches(
 ) -> Iterator[torch.Tensor]:
     """Generate `num_images` with `pipe` in chunks of `batch_size`, as uint8 (B, 3, H, W) batches.
 
-    Image i uses its own generator seeded `seed + i`, so the images do not depend on `batch_size`. For a
-    class-conditional pipeline `class_labels` (one per image) chooses the classes; None samples unconditionally.
+    Image i uses its own generator seeded `seed + i` (`mage-hf generate`'s rule), so the images do not depend on
+    `batch_size`. For a class-conditional pipeline `class_labels` (one per image) chooses the classes; None
+    samples unconditionally.
     """
+    from ..generate_cli import iter_generated_chunks
+
     if num_images < 1 or batch_size < 1:
         raise ValueError(f"`num_images` and `batch_size` must be >= 1, got {num_images} and {batch_size}")
     if class_labels is not None and len(class_labels) != num_images:
         raise ValueError(f"`class_labels` has {len(class_labels)} entries for {num_images} images")
-    for start in range(0, num_images, batch_size):
-        count = min(batch_size, num_images - start)
-        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
-        kwargs = dict(call_kwargs, generator=generators, output_type="pt")
-        if class_labels is None:
-            kwargs["batch_size"] = count
-        else:
-            kwargs["class_label"] = class_labels[start : start + count]
-        images = pipe(**kwargs).images  # (B, 3, H, W) float in [0, 1]
+    chunks = iter_generated_chunks(pipe, num_images, batch_size, seed, class_label=class_labels, output_type="pt",
+                                   **call_kwargs)
+    for images in chunks:  # (B, 3, H, W) float in [0, 1]
         yield (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
@@ -342,11 +339,11 @@ def _real_batches(args):
 
 def _load_pipeline(args):
     from ..default_model import DEFAULT_PIPELINE
+    from ..generate_cli import load_kwargs
     from ..pipeline_mage import MagePipeline
 
-    dtype = getattr(torch, args.dtype)
     path = DEFAULT_PIPELINE if args.pipeline == "default" else args.pipeline
-    pipe = MagePipeline.from_pretrained(path, dtype=dtype).to(args.device)
+    pipe = MagePipeline.from_pretrained(path, **load_kwargs(getattr(torch, args.dtype))).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
