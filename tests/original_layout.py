@@ -117,7 +117,7 @@ def to_original_layout(model) -> dict[str, torch.Tensor]:
     linear_probe = classifier and model.config.use_linear_probe_bn
     original = {}
     for name, tensor in model.state_dict().items():
-        if name.startswith("mage.vqgan."):
+        if name.startswith("mage.vqgan.") or name in model.all_tied_weights_keys:  # the tied MLM projection
             continue
         tensor = tensor.detach()
         if name == "mlm_head.bias":

@@ -229,11 +229,11 @@ def test_class_conditional_forward():
 def test_condition_dropout_in_training():
     config = MageConfig.from_preset("tiny", num_condition_classes=10, condition_dropout_prob=0.5)
     model = MageForMaskedImageModeling(config).train()
-    condition = model._condition_ids(torch.zeros(400, dtype=torch.long), torch.Generator().manual_seed(0))
+    condition = model._condition_ids(torch.zeros(400, dtype=torch.long), 400, torch.Generator().manual_seed(0), "cpu")
     dropped = (condition == config.fake_class_id).float().mean().item()
     assert 0.4 < dropped < 0.6
     model.eval()
-    assert (model._condition_ids(torch.zeros(50, dtype=torch.long), None) == config.codebook_size).all()
+    assert (model._condition_ids(torch.zeros(50, dtype=torch.long), 50, None, "cpu") == config.codebook_size).all()
 
 
 def test_model_without_tokenizer_takes_ids_only():

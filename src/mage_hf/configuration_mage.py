@@ -65,6 +65,8 @@ class MageConfig(PreTrainedConfig):
         use_linear_probe_bn: classification head is `BatchNorm1d(affine=False)` + Linear (linear probing).
         include_vq_tokenizer: the model owns a `MageVQModel` so it accepts `pixel_values`; a pipeline's
             transformer can leave it out and take token ids only.
+        tie_word_embeddings: the MLM head's output projection is the encoder's word embedding matrix (the original;
+            used detached in the head) rather than a separate trainable Linear.
         vq_config: keyword arguments of `MageVQModel` (defaults: the released VQGAN).
 
     Example:
@@ -109,6 +111,7 @@ class MageConfig(PreTrainedConfig):
     condition_dropout_prob: float = 0.1
     use_linear_probe_bn: bool = False
     include_vq_tokenizer: bool = True
+    tie_word_embeddings: bool = True
     vq_config: dict | None = None
 
     def __post_init__(self, **kwargs):

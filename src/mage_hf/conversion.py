@@ -274,7 +274,8 @@ def _build_model(converted: ConvertedMage):
         missing, unexpected = model.load_state_dict(converted.state_dict, strict=False)
     except RuntimeError as error:  # size mismatches: tensors that disagree with the sizes read from the checkpoint
         raise CheckpointError(f"converted weights do not fit the model: {error}") from error
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    # Tied weights (the MLM head's projection is the word embeddings) are loaded through their source key.
+    missing = [k for k in missing if k not in model.all_tied_weights_keys and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise CheckpointError(f"converted weights do not fit the model: missing {missing}, unexpected {unexpected}")
     return model

@@ -5,8 +5,6 @@ id) at position 0 and the N VQGAN token ids of the image. The encoder is a pre-n
 pretraining model adds a ViT decoder and an MLM head that predicts codebook ids at masked positions.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +18,14 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_mage import MageConfig
+from .input_checks import check_bool_mask, check_id_range, check_integer_tensor, value_checks_enabled
+from .masking import mask_lowest, rand_tensor, truncated_normal
 from .modeling_vqgan import MageVQCodebook, MageVQModel
 
 
@@ -97,8 +98,8 @@ class MageEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        """(B, L) ids -> (B, L, D)."""
-        positions = self.position_embeddings.weight[: input_ids.shape[1]]
+        """(B, L) ids -> (B, L, D); position i gets row i of the position table."""
+        positions = self.position_embeddings(torch.arange(input_ids.shape[1], device=input_ids.device))
         return self.dropout(self.LayerNorm(self.word_embeddings(input_ids) + positions))
 
 
@@ -124,7 +125,9 @@ class MageAttention(nn.Module):
         self.out_proj = nn.Linear(width, width)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, L, D) -> (B, L, D) and the (B, heads, L, L) attention probabilities (None for SDPA)."""
         batch, length, _ = hidden_states.shape
         qkv = self.qkv_proj(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
@@ -188,7 +191,7 @@ class MageLayer(GradientCheckpointingLayer):
         self.mlp = MageMLP(config, is_decoder)
         self.drop_path = MageDropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         attn_output, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
         hidden_states = hidden_states + self.drop_path(attn_output)
         return hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
@@ -224,26 +227,47 @@ class MageDecoder(nn.Module):
         return self.decoder_norm(hidden_states)
 
 
+class MageMLMProjection(nn.Linear):
+    """(B, L, D) -> (B, L, vocab_size) product with the token embeddings, without bias.
+
+    Its `weight` is tied to the encoder's word embeddings (`config.tie_word_embeddings`). As in the original, the
+    product uses the weight detached, so the masked-token loss does not train the embeddings through the head; an
+    untied projection (`tie_word_embeddings=False`) is an ordinary trainable Linear. (Not named `decoder`: transformers'
+    device-map planner matches tied names by substring and would confuse it with the top-level `decoder`.)
+    """
+
+    def __init__(self, config: MageConfig):
+        super().__init__(config.hidden_size, config.vocab_size, bias=False)
+        self.detach_weight = config.tie_word_embeddings
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.detach() if self.detach_weight else self.weight
+        return F.linear(hidden_states, weight)
+
+
 class MageMLMHead(nn.Module):
-    """Linear -> GELU -> LayerNorm (eps 1e-5) -> product with the (detached) token embeddings + bias."""
+    """Linear -> GELU -> LayerNorm (eps 1e-5) -> product with the token embeddings (`projection`) + bias."""
 
     def __init__(self, config: MageConfig):
         super().__init__()
         self.dense = nn.Linear(config.decoder_hidden_size, config.hidden_size)
         self.activation_fn = ACT2FN["gelu"]
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.mlm_layer_norm_eps)
+        self.projection = MageMLMProjection(config)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
-    def forward(self, hidden_states: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, L, decoder_hidden_size) -> (B, L, vocab_size)."""
         hidden_states = self.layer_norm(self.activation_fn(self.dense(hidden_states)))
-        return F.linear(hidden_states, word_embeddings.detach(), self.bias)
+        logits = self.projection(hidden_states)
+        return logits + self.bias.to(logits.dtype)  # keeps the product's dtype under autocast
 
 
 class MagePreTrainedModel(PreTrainedModel):
     config: MageConfig
     config_class = MageConfig
     base_model_prefix = "mage"
+    _input_embed_layer = "word_embeddings"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
@@ -283,13 +307,27 @@ class MagePreTrainedModel(PreTrainedModel):
         elif isinstance(module, MageMLMHead):
             init.zeros_(module.bias)
 
+    def resize_token_embeddings(self, *args, **kwargs):
+        """Not supported: MAGE's vocabulary is `codebook_size` image tokens, `num_class_slots` condition slots and the
+        mask token (the last id), each range meaningful to the VQGAN and the condition ids; set `codebook_size` /
+        `num_class_slots` in the config and train instead."""
+        raise NotImplementedError(
+            "`resize_token_embeddings` is not supported by MAGE: the vocabulary is codebook_size + num_class_slots + "
+            "1 (the mask token, last), fixed by the VQGAN codebook and the condition slots; build a model from a "
+            "config with other `codebook_size` / `num_class_slots` instead"
+        )
 
-def _check_bool_mask(name: str, mask: torch.Tensor, batch: int, num_tokens: int) -> torch.BoolTensor:
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape ({batch}, {num_tokens}), got {type(mask).__name__}")
-    if tuple(mask.shape) != (batch, num_tokens):
-        raise ValueError(f"`{name}` must have shape ({batch}, {num_tokens}) (batch, image tokens), got {tuple(mask.shape)}")
-    return mask.bool()
+
+# Keys of a pretraining checkpoint (decoder, MLM head) that a feature or classification model leaves unused. Listed
+# by their exact layout, so a truly unknown key is still reported.
+_PRETRAINING_HEAD_KEYS = [
+    r"^decoder\.(decoder_embed|decoder_norm)\.(weight|bias)$",
+    r"^decoder\.decoder_pos_embed_learned$",
+    r"^decoder\.layers\.\d+\.(layernorm_before|layernorm_after|attention\.qkv_proj|attention\.out_proj|mlp\.fc1|mlp\.fc2)"
+    r"\.(weight|bias)$",
+    r"^mlm_head\.(dense|layer_norm)\.(weight|bias)$",
+    r"^mlm_head\.(bias|projection\.weight)$",
+]
 
 
 @dataclass
@@ -321,21 +359,23 @@ class MageModel(MagePreTrainedModel):
     ```
     """
 
+    _keys_to_ignore_on_load_unexpected = _PRETRAINING_HEAD_KEYS
+
     def __init__(self, config: MageConfig, add_final_layernorm: bool = True):
         super().__init__(config)
         self.vqgan = MageVQModel(**config.vq_config) if config.include_vq_tokenizer else None
         if self.vqgan is not None:
             self.vqgan.requires_grad_(False)
         self.embeddings = MageEmbeddings(config)
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        depth = config.num_hidden_layers
+        # Stochastic depth grows linearly from 0 to `drop_path_rate` over the layers (Python floats: no tensor is
+        # made, so the model can be built on the meta device).
+        rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.layers = nn.ModuleList(MageLayer(config, drop_path=rate) for rate in rates)
         self.layernorm = (
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if add_final_layernorm else nn.Identity()
         )
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings.word_embeddings
 
     @torch.no_grad()
     def tokenize(self, pixel_values: torch.Tensor) -> torch.LongTensor:
@@ -373,19 +413,14 @@ class MageModel(MagePreTrainedModel):
         if pixel_values is not None:
             tokens = self.tokenize(pixel_values)
             return _TokenInputs(self.build_input_ids(tokens), tokens)
-        if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.is_complex():
-            raise TypeError("`input_ids` must be an integer torch.Tensor of shape (batch, 1 + num_image_tokens)")
         length = 1 + self.config.num_image_tokens
+        check_integer_tensor("input_ids", input_ids, "(batch, 1 + num_image_tokens)")
         if input_ids.ndim != 2 or input_ids.shape[1] != length:
             raise ValueError(
                 f"`input_ids` must have shape (batch, {length}) (condition token + {length - 1} image tokens), "
                 f"got {tuple(input_ids.shape)}"
             )
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise ValueError(
-                f"`input_ids` must be in [0, vocab_size={self.config.vocab_size}), got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
+        check_id_range("input_ids", input_ids, 0, self.config.vocab_size, "vocab_size")
         return _TokenInputs(input_ids.long(), None)
 
     @merge_with_config_defaults
@@ -395,7 +430,7 @@ class MageModel(MagePreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         input_ids: torch.LongTensor | None = None,
         bool_dropped_pos: torch.BoolTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
         pixel_values: (B, C, H, W) in [0, 1] at `config.image_size`.
@@ -418,12 +453,13 @@ class MageModel(MagePreTrainedModel):
     def _drop_tokens(hidden_states: torch.Tensor, bool_dropped_pos: torch.BoolTensor) -> torch.Tensor:
         """(B, 1 + N, D) -> (B, 1 + N - dropped, D), keeping order; position 0 is never dropped."""
         batch, length, width = hidden_states.shape
-        dropped = _check_bool_mask("bool_dropped_pos", bool_dropped_pos, batch, length - 1)
-        counts = dropped.sum(dim=1)
-        if batch and bool((counts != counts[0]).any()):
-            raise ValueError(
-                f"`bool_dropped_pos` must drop the same number of tokens in every row, got {counts.tolist()}"
-            )
+        dropped = check_bool_mask("bool_dropped_pos", bool_dropped_pos, batch, length - 1)
+        if value_checks_enabled() and batch:
+            counts = dropped.sum(dim=1)
+            if bool((counts != counts[0]).any()):
+                raise ValueError(
+                    f"`bool_dropped_pos` must drop the same number of tokens in every row, got {counts.tolist()}"
+                )
         keep = torch.cat([dropped.new_ones(batch, 1), ~dropped], dim=1)
         return hidden_states[keep].view(batch, -1, width)
 
@@ -441,6 +477,9 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
     `class_labels` (B,) put class condition tokens at position 0 of a class-conditional model; in training each is
     replaced by the unconditional id with probability `condition_dropout_prob`.
 
+    The MLM head's output projection is tied to the encoder's word embeddings (`tie_word_embeddings`, as in the
+    original) and saved once.
+
     Example:
     ```python
     >>> import torch
@@ -452,12 +491,20 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
     ```
     """
 
+    _tied_weights_keys = {"mlm_head.projection.weight": "mage.embeddings.word_embeddings.weight"}
+
     def __init__(self, config: MageConfig):
         super().__init__(config)
         self.mage = MageModel(config)
         self.decoder = MageDecoder(config)
         self.mlm_head = MageMLMHead(config)
         self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.mlm_head.projection
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.mlm_head.projection = new_embeddings
 
     def sample_masks(
         self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
@@ -466,37 +513,33 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
 
         One ratio r per batch ~ truncated normal(mask_ratio_mu, mask_ratio_std) on [mask_ratio_min,
         mask_ratio_max]; `ceil(N r)` tokens masked and `ceil(N mask_ratio_min)` dropped, the same random ranking.
+        Drawn from `generator` (on its device) without reading anything back to the host.
         """
         config = self.config
         num_tokens = config.num_image_tokens
-        normal = torch.distributions.Normal(0.0, 1.0)
-        low = normal.cdf(torch.tensor((config.mask_ratio_min - config.mask_ratio_mu) / config.mask_ratio_std))
-        high = normal.cdf(torch.tensor((config.mask_ratio_max - config.mask_ratio_mu) / config.mask_ratio_std))
-        uniform = torch.rand((), generator=generator, dtype=torch.float64)
-        ratio = config.mask_ratio_mu + config.mask_ratio_std * float(torch.special.ndtri(low + (high - low) * uniform))
-        ratio = min(max(ratio, config.mask_ratio_min), config.mask_ratio_max)
-        num_masked = math.ceil(num_tokens * ratio)
-        noise = torch.rand(batch_size, num_tokens, generator=generator)
-        ranks = noise.argsort(dim=1).argsort(dim=1)
-        bool_masked_pos = ranks < num_masked
-        bool_dropped_pos = ranks < config.num_dropped_tokens
-        return bool_masked_pos.to(device), bool_dropped_pos.to(device)
+        uniform = rand_tensor((), generator, device, dtype=torch.float64)
+        ratio = truncated_normal(
+            uniform, config.mask_ratio_mu, config.mask_ratio_std, config.mask_ratio_min, config.mask_ratio_max
+        )
+        num_masked = torch.ceil(num_tokens * ratio).long()
+        noise = rand_tensor((batch_size, num_tokens), generator, device)
+        return mask_lowest(noise, num_masked), mask_lowest(noise, config.num_dropped_tokens)
 
     def _condition_ids(
-        self, class_labels: torch.LongTensor, generator: torch.Generator | None
+        self, class_labels: torch.LongTensor, batch: int, generator: torch.Generator | None, device: torch.device
     ) -> torch.LongTensor:
+        """(B,) class labels -> (B,) condition ids, with condition dropout to the unconditional id in training."""
         config = self.config
         if config.num_condition_classes == 0:
             raise ValueError("`class_labels` given to an unconditional model (config.num_condition_classes is 0)")
-        class_labels = torch.as_tensor(class_labels).long().view(-1)
-        if class_labels.numel() and (int(class_labels.min()) < 0 or int(class_labels.max()) >= config.num_condition_classes):
-            raise ValueError(
-                f"`class_labels` must be in [0, {config.num_condition_classes}), got {class_labels.tolist()}"
-            )
+        class_labels = torch.as_tensor(class_labels).to(device=device, dtype=torch.long).view(-1)
+        if class_labels.shape[0] != batch:
+            raise ValueError(f"`class_labels` must have {batch} entries, got {class_labels.shape[0]}")
+        check_id_range("class_labels", class_labels, 0, config.num_condition_classes, "num_condition_classes")
         condition_ids = class_labels + config.codebook_size
         if self.training and config.condition_dropout_prob > 0:
-            drop = torch.rand(class_labels.shape, generator=generator) < config.condition_dropout_prob
-            condition_ids = torch.where(drop.to(condition_ids.device), config.fake_class_id, condition_ids)
+            drop = rand_tensor(tuple(class_labels.shape), generator, device) < config.condition_dropout_prob
+            condition_ids = torch.where(drop, config.fake_class_id, condition_ids)
         return condition_ids
 
     @can_return_tuple
@@ -509,7 +552,7 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
         labels: torch.LongTensor | None = None,
         class_labels: torch.LongTensor | None = None,
         generator: torch.Generator | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MageMaskedImageModelingOutput:
         r"""
         pixel_values: (B, C, H, W) images in [0, 1].
@@ -526,9 +569,7 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
         if labels is None:
             labels = inputs.image_tokens
         if class_labels is not None:
-            condition_ids = self._condition_ids(class_labels, generator).to(input_ids.device)
-            if condition_ids.shape[0] != batch:
-                raise ValueError(f"`class_labels` must have {batch} entries, got {condition_ids.shape[0]}")
+            condition_ids = self._condition_ids(class_labels, batch, generator, input_ids.device)
             input_ids = torch.cat([condition_ids.view(-1, 1), input_ids[:, 1:]], dim=1)
 
         if bool_masked_pos is None and bool_dropped_pos is not None:
@@ -538,14 +579,12 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
                 bool_masked_pos, bool_dropped_pos = self.sample_masks(batch, generator, input_ids.device)
             else:
                 bool_masked_pos = input_ids[:, 1:] == config.mask_token_id
-        bool_masked_pos = _check_bool_mask("bool_masked_pos", bool_masked_pos, batch, num_tokens).to(input_ids.device)
+        bool_masked_pos = check_bool_mask("bool_masked_pos", bool_masked_pos, batch, num_tokens).to(input_ids.device)
         if bool_dropped_pos is not None:
-            bool_dropped_pos = _check_bool_mask("bool_dropped_pos", bool_dropped_pos, batch, num_tokens)
+            bool_dropped_pos = check_bool_mask("bool_dropped_pos", bool_dropped_pos, batch, num_tokens)
             bool_dropped_pos = bool_dropped_pos.to(input_ids.device)
-            if bool((bool_dropped_pos & ~bool_masked_pos).any()):
+            if value_checks_enabled() and bool((bool_dropped_pos & ~bool_masked_pos).any()):
                 raise ValueError("`bool_dropped_pos` must be a subset of `bool_masked_pos`")
-            if not bool(bool_dropped_pos.any()):
-                bool_dropped_pos = None
 
         image_ids = input_ids[:, 1:].masked_fill(bool_masked_pos, config.mask_token_id)
         masked_input_ids = torch.cat([input_ids[:, :1], image_ids], dim=1)
@@ -555,7 +594,7 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
         full_masked = torch.cat([no_condition, bool_masked_pos], dim=1)
         full_dropped = None if bool_dropped_pos is None else torch.cat([no_condition, bool_dropped_pos], dim=1)
         decoded = self.decoder(encoder_outputs.last_hidden_state, full_dropped, full_masked)
-        logits = self.mlm_head(decoded, self.mage.embeddings.word_embeddings.weight)
+        logits = self.mlm_head(decoded)
 
         loss = None
         if labels is not None:
@@ -581,8 +620,7 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
         codebook_size = self.config.codebook_size
         if tuple(labels.shape) != tuple(bool_masked_pos.shape):
             raise ValueError(f"`labels` must have shape {tuple(bool_masked_pos.shape)}, got {tuple(labels.shape)}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= codebook_size):
-            raise ValueError(f"`labels` must be codebook ids in [0, {codebook_size})")
+        check_id_range("labels", labels, 0, codebook_size, "codebook_size")
         per_token = F.cross_entropy(
             logits[:, 1:, :codebook_size].float().flatten(0, 1),
             labels.to(logits.device).flatten(),
@@ -608,6 +646,9 @@ class MageForImageClassification(MagePreTrainedModel):
     ```
     """
 
+    # From a pretraining checkpoint: its final LayerNorm too (the original's global pooling deletes it).
+    _keys_to_ignore_on_load_unexpected = [*_PRETRAINING_HEAD_KEYS, r"^mage\.layernorm\.(weight|bias)$"]
+
     def __init__(self, config: MageConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -627,7 +668,7 @@ class MageForImageClassification(MagePreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         input_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MageImageClassifierOutput:
         r"""
         pixel_values: (B, C, H, W) in [0, 1]; or input_ids: (B, 1 + N).

@@ -130,7 +130,16 @@ class MageVQDecoder(nn.Module):
 
 
 class MageVQCodebook(nn.Embedding):
-    """The VQ codebook (num_vq_embeddings, vq_embed_dim); its own class so it gets the VQ initialisation."""
+    """The VQ codebook, weight (num_vq_embeddings, vq_embed_dim). Both of its uses go through `forward`, so
+    offloading and layerwise-casting hooks see the weight: integer ids (...) -> (..., D) code vectors (a lookup);
+    float vectors (M, D) -> (M,) ids of the nearest codes by squared L2 (`|z|^2 + |e|^2 - 2 z.e`, argmin)."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not inputs.is_floating_point():
+            return super().forward(inputs)
+        codebook = self.weight
+        distances = inputs.pow(2).sum(dim=1, keepdim=True) + codebook.pow(2).sum(dim=1) - 2.0 * inputs @ codebook.t()
+        return distances.argmin(dim=1)
 
 
 class MageVectorQuantizer(nn.Module):
@@ -144,15 +153,9 @@ class MageVectorQuantizer(nn.Module):
     def forward(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.LongTensor]:
         """(B, D, h, w) latents -> quantised (B, D, h, w) and row-major indices (B, h * w)."""
         batch, dim, height, width = latents.shape
-        flat = latents.permute(0, 2, 3, 1).reshape(-1, dim)
-        codebook = self.embedding.weight
-        distances = (
-            flat.pow(2).sum(dim=1, keepdim=True) + codebook.pow(2).sum(dim=1) - 2.0 * flat @ codebook.t()
-        )
-        indices = distances.argmin(dim=1)
-        quantized = self.embedding(indices).view(batch, height, width, dim).permute(0, 3, 1, 2)
-        quantized = latents + (quantized - latents).detach()
-        return quantized.contiguous(), indices.view(batch, height * width)
+        indices = self.embedding(latents.permute(0, 2, 3, 1).reshape(-1, dim)).view(batch, height * width)
+        quantized = self.lookup(indices, height, width)
+        return latents + (quantized - latents).detach(), indices
 
     def lookup(self, indices: torch.LongTensor, height: int, width: int) -> torch.Tensor:
         """(B, h * w) indices -> (B, D, h, w) codebook vectors."""
