@@ -91,7 +91,7 @@ def test_low_precision_logits_reach_the_scheduler_as_float32(pipe, pipe_dir):
     low = _load(pipe_dir, dtype=torch.bfloat16)
     config = pipe.transformer.config
     ids = torch.full((2, config.num_image_tokens), config.mask_token_id)
-    condition = pipe.prepare_condition_ids(None, 2, 1, torch.device("cpu"))
+    condition = pipe.prepare_condition_ids(None, 2, torch.device("cpu"))
     low._guidance_scale = pipe._guidance_scale = 1.0
     logits = low.predict_logits(ids, condition, guidance=1.0)
     reference = pipe.predict_logits(ids, condition, guidance=1.0)
@@ -163,7 +163,7 @@ def test_compile_transformer_matches_eager(pipe):
     config = pipe.transformer.config
     ids = torch.randint(0, config.codebook_size, (2, config.num_image_tokens), generator=torch.Generator().manual_seed(3))
     ids[:, ::3] = config.mask_token_id
-    condition = pipe.prepare_condition_ids(None, 2, 1, torch.device("cpu"))
+    condition = pipe.prepare_condition_ids(None, 2, torch.device("cpu"))
     compiled._guidance_scale = pipe._guidance_scale = 1.0
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -198,7 +198,7 @@ def _generate(folder: str, out, *extra: str) -> list[np.ndarray]:
 def test_generate_images_tokens_do_not_depend_on_batch_size(pipe_dir, conditional_dir, labels):
     """5 images in chunks of 2 (2 + 2 + 1) or all at once: the same tokens (per-image generators seed + i)."""
     loaded = _load(pipe_dir if labels is None else conditional_dir)
-    kwargs = {} if labels is None else {"class_label": labels, "guidance_scale": 2.0}
+    kwargs = {} if labels is None else {"class_labels": labels, "guidance_scale": 2.0}
     runs = {
         batch: generate_images(loaded, 5, batch, seed=7, num_inference_steps=STEPS, output_type="latent", **kwargs)
         for batch in (2, 5, None)
@@ -207,7 +207,7 @@ def test_generate_images_tokens_do_not_depend_on_batch_size(pipe_dir, conditiona
     assert torch.equal(runs[2], runs[5]) and torch.equal(runs[2], runs[None])
     assert not torch.equal(runs[2][0], runs[2][1])  # a different seed per image
     if labels is not None:
-        kwargs["class_label"] = labels[:3]
+        kwargs["class_labels"] = labels[:3]
     pil = generate_images(loaded, 3, 2, seed=7, num_inference_steps=STEPS, **kwargs)
     assert len(pil) == 3 and all(isinstance(image, PIL.Image.Image) for image in pil)
 

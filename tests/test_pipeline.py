@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -51,7 +53,7 @@ def test_golden_generation_steps_through_the_pipeline(golden, golden_pipe):
     fake = golden.meta["fake_class_label"]
     for step, ids in enumerate(golden.tensors["gen_step_input_ids"]):
         assert (ids[:, 0] == fake).all()
-        condition = golden_pipe.prepare_condition_ids(None, ids.shape[0], 1, ids.device)
+        condition = golden_pipe.prepare_condition_ids(None, ids.shape[0], ids.device)
         golden_pipe._guidance_scale = 1.0
         logits = golden_pipe.predict_logits(ids[:, 1:], condition, guidance=1.0)
         assert_close(logits, golden.tensors["gen_step_logits"][step], name=f"pipeline step {step}")
@@ -93,16 +95,74 @@ def test_callback_sees_every_step(golden_pipe):
     seen = []
 
     def callback(pipe, step_index, timestep, tensors):
-        seen.append((step_index, int((tensors["sample_ids"] == pipe.transformer.config.mask_token_id).sum())))
+        seen.append((step_index, timestep, int((tensors["latents"] == pipe.transformer.config.mask_token_id).sum())))
         return tensors
 
-    golden_pipe(
-        num_inference_steps=4, generator=_seed(), callback_on_step_end=callback,
-        callback_on_step_end_tensor_inputs=["sample_ids"], output_type="latent",
-    )
-    assert [s for s, _ in seen] == [0, 1, 2, 3]
-    masked = [m for _, m in seen]
+    golden_pipe(num_inference_steps=4, generator=_seed(), callback_on_step_end=callback, output_type="latent")
+    assert [(i, t) for i, t, _ in seen] == [(0, 3), (1, 2), (2, 1), (3, 0)]  # timesteps descend
+    masked = [m for _, _, m in seen]
     assert masked == sorted(masked, reverse=True) and masked[-1] == 0
+
+
+def test_callback_can_replace_latents(golden_pipe):
+    """A returned `latents` replaces the pipeline's ids: forcing every token to 0 after step 0 keeps them 0."""
+
+    def force_zero(pipe, step_index, timestep, tensors):
+        return {"latents": torch.zeros_like(tensors["latents"])} if step_index == 0 else tensors
+
+    ids = golden_pipe(num_inference_steps=4, generator=_seed(), callback_on_step_end=force_zero,
+                      output_type="latent").images
+    assert (ids == 0).all()
+
+
+def test_pipeline_callback_objects_get_their_tensor_inputs(golden_pipe):
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    class CountMasked(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def __init__(self):
+            super().__init__()
+            self.counts = []
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            self.counts.append(int((callback_kwargs["latents"] == pipeline.transformer.config.mask_token_id).sum()))
+            return callback_kwargs
+
+    single, first, second = CountMasked(), CountMasked(), CountMasked()
+    golden_pipe(num_inference_steps=3, generator=_seed(), callback_on_step_end=single, output_type="latent")
+    golden_pipe(num_inference_steps=3, generator=_seed(), output_type="latent",
+                callback_on_step_end=MultiPipelineCallbacks([first, second]))
+    assert len(single.counts) == 3 and single.counts[-1] == 0
+    assert first.counts == second.counts == single.counts
+
+
+def test_latents_keep_the_given_tokens_and_start_the_schedule_there(golden_pipe):
+    """`latents=`: the known tokens come back exactly; the schedule spans the masked count (16 of N here)."""
+    config = golden_pipe.transformer.config
+    start = golden_pipe(batch_size=2, num_inference_steps=4, generator=_seed(1), output_type="latent").images
+    region = torch.zeros_like(start, dtype=torch.bool)
+    region[:, :16] = True
+    latents = start.masked_fill(region, config.mask_token_id)
+    seen = []
+    result = golden_pipe(
+        latents=latents, num_inference_steps=4, generator=_seed(2), output_type="latent",
+        callback_on_step_end=lambda p, i, t, k: seen.append(int((k["latents"][0] == config.mask_token_id).sum())) or k,
+    )
+    assert torch.equal(result.images[~region], start[~region])
+    assert (result.images < config.codebook_size).all()
+    # floor(16 * cos(pi/2 * (t + 1) / 4)) for t = 0, 1, 2 (at least 1), then nothing left
+    assert seen == [14, 11, 6, 0]
+    # the round trip through pixels keeps far fewer tokens than `latents` does (MAGE's native state is the grid)
+    decoded = golden_pipe.decode_tokens(start, "pt")
+    again = golden_pipe.vqvae.tokenize(decoded)
+    assert (again == start).float().mean() < 1.0
+    # one row broadcasts over the batch; num_images_per_prompt repeats it
+    many = golden_pipe(latents=latents[:1], batch_size=3, num_inference_steps=2, generator=_seed(), output_type="latent")
+    assert many.images.shape[0] == 3 and torch.equal(many.images[:, 16:], start[:1, 16:].expand(3, -1))
+    per_prompt = golden_pipe(latents=latents, num_images_per_prompt=2, num_inference_steps=2, output_type="latent")
+    assert per_prompt.images.shape[0] == 4
+    assert torch.equal(per_prompt.images[1, 16:], start[0, 16:]) and torch.equal(per_prompt.images[2, 16:], start[1, 16:])
 
 
 def test_class_conditional_generation_and_names(conditional_pipe):
@@ -111,6 +171,12 @@ def test_class_conditional_generation_and_names(conditional_pipe):
         class_label=["digit 3", "digit 7"], num_inference_steps=4, generator=_seed(), output_type="latent"
     )
     assert torch.equal(by_index.images, by_name.images)
+    # diffusers' / DiT's name, nested lists and tensors are the same request
+    for labels in ([3, 7], [[3], [7]], torch.tensor([[3, 7]]), np.array([3, 7])):
+        same = conditional_pipe(class_labels=labels, num_inference_steps=4, generator=_seed(), output_type="latent")
+        assert torch.equal(same.images, by_index.images)
+    with pytest.raises(ValueError, match="class_label"):
+        conditional_pipe(class_labels=[1], class_label=[1], num_inference_steps=2)
     assert conditional_pipe.get_label_ids(["digit 9"]) == [9]
     many = conditional_pipe(class_label=2, num_images_per_prompt=3, num_inference_steps=4, generator=_seed(),
                             output_type="pt")
@@ -141,7 +207,8 @@ def test_guidance_changes_output_with_one_batched_forward_per_step(conditional_p
 
 
 def test_guidance_ramp_values(conditional_pipe):
-    conditional_pipe._guidance_scale, conditional_pipe._num_timesteps = 3.0, 4
+    conditional_pipe._guidance_scale = 3.0
+    conditional_pipe.scheduler.set_timesteps(4)
     assert conditional_pipe._guidance_at(0, "constant") == 3.0
     ramp = [conditional_pipe._guidance_at(i, "linear") for i in range(4)]
     assert ramp == sorted(ramp) and ramp[-1] == pytest.approx(3.0) and ramp[0] > 1.0
@@ -176,13 +243,57 @@ def test_inpainting_keeps_unmasked_tokens(golden_pipe):
     assert start.sum() == 1 and bool(start[0, 1])
 
 
-def test_strength_regenerates_a_fraction(golden_pipe):
-    size = golden_pipe.transformer.config.image_size
+def test_strength_runs_the_last_steps_from_the_schedules_fraction(golden_pipe):
+    """As aMUSEd's img2img: strength s runs the last int(T s) steps, starting with mask_ratio(start / T) masked."""
+    config = golden_pipe.transformer.config
+    size, n = config.image_size, config.num_image_tokens
     image = _digit_image(size)
-    mask = PIL.Image.new("L", (size, size), 255)
-    start = golden_pipe.prepare_latents(1, torch.device("cpu"), image, mask, strength=0.25, generator=_seed())
-    fraction = (start == golden_pipe.transformer.config.mask_token_id).float().mean().item()
-    assert 0.1 < fraction < 0.4
+    steps, seen = [], []
+    result = golden_pipe(
+        image=image, strength=0.5, num_inference_steps=8, generator=_seed(), output_type="latent",
+        callback_on_step_end=lambda p, i, t, k: steps.append(t) or k,
+    )
+    assert steps == [3, 2, 1, 0] and (result.images < config.codebook_size).all()
+    golden_pipe.scheduler.set_timesteps(8)
+    tokens = golden_pipe.vqvae.tokenize(golden_pipe.image_processor(image, return_tensors="pt")["pixel_values"])
+    start = golden_pipe.scheduler.add_noise(tokens, 3, generator=_seed())
+    assert int((start == config.mask_token_id).sum()) == math.ceil(n * math.cos(math.pi / 2 * 4 / 8))
+    # a mask limits it to a region; the rest is kept exactly
+    mask = PIL.Image.new("L", (size, size), 0)
+    mask.paste(255, (0, 0, size, size // 2))  # top half
+    edited = golden_pipe(image=image, mask_image=mask, strength=0.5, num_inference_steps=8, generator=_seed(),
+                         output_type="latent").images
+    assert torch.equal(edited[0, n // 2:], tokens[0, n // 2:])
+    with pytest.raises(ValueError, match="strength"):
+        golden_pipe(image=image, strength=0.1, num_inference_steps=4)  # int(0.4) = 0 steps
+    with pytest.raises(ValueError, match="strength"):
+        golden_pipe(strength=0.5)
+
+
+def test_several_images_times_images_per_prompt(golden_pipe):
+    size = golden_pipe.transformer.config.image_size
+    images = [_digit_image(size), PIL.Image.new("RGB", (size, size), (200, 30, 30))]
+    mask = PIL.Image.new("L", (size, size), 0)
+    mask.paste(255, (0, 0, size // 2, size))
+    out = golden_pipe(image=images, mask_image=mask, num_images_per_prompt=2, num_inference_steps=3,
+                      generator=_seed(), output_type="latent").images
+    tokens = golden_pipe.vqvae.tokenize(golden_pipe.image_processor(images, return_tensors="pt")["pixel_values"])
+    region = golden_pipe.prepare_edit_mask(images, mask)[0]
+    assert out.shape[0] == 4
+    for row, source in enumerate([0, 0, 1, 1]):  # each input image repeated in place
+        assert torch.equal(out[row][~region], tokens[source][~region])
+
+
+def test_an_empty_mask_keeps_its_image(golden_pipe):
+    """An all-black mask is a no-op for its image, not an error for the batch."""
+    size = golden_pipe.transformer.config.image_size
+    images = [_digit_image(size), PIL.Image.new("RGB", (size, size), (10, 200, 30))]
+    full, empty = PIL.Image.new("L", (size, size), 255), PIL.Image.new("L", (size, size), 0)
+    tokens = golden_pipe.vqvae.tokenize(golden_pipe.image_processor(images, return_tensors="pt")["pixel_values"])
+    out = golden_pipe(image=images, mask_image=[full, empty], num_inference_steps=3, generator=_seed(),
+                      output_type="latent").images
+    assert torch.equal(out[1], tokens[1])
+    assert not torch.equal(out[0], tokens[0])
 
 
 def test_outpaint_and_uncrop(golden_pipe):
@@ -253,13 +364,27 @@ class TestBadInput:
         with pytest.raises(ValueError, match="image"):
             golden_pipe(mask_image=PIL.Image.new("L", (size, size), 255))
 
-    def test_empty_mask(self, golden_pipe):
-        size = golden_pipe.transformer.config.image_size
-        with pytest.raises(ValueError, match="mask_image"):
-            golden_pipe(image=_digit_image(size), mask_image=PIL.Image.new("L", (size, size), 0))
+    def test_guidance_needs_class_labels_on_every_model(self, golden_pipe, conditional_pipe):
+        for pipe in (golden_pipe, conditional_pipe):  # one rule, conditional model or not
+            with pytest.raises(ValueError, match="guidance_scale.*class_labels"):
+                pipe(guidance_scale=3.0, num_inference_steps=2)
+
+    def test_bad_latents(self, golden_pipe):
+        config = golden_pipe.transformer.config
+        good = torch.full((1, config.num_image_tokens), config.mask_token_id)
+        with pytest.raises(TypeError, match="latents"):
+            golden_pipe(latents=good.float())
+        with pytest.raises(ValueError, match="latents"):
+            golden_pipe(latents=good[:, :-1])
+        with pytest.raises(ValueError, match="latents"):
+            golden_pipe(latents=good.clone().fill_(config.codebook_size))  # a class slot, not a token
+        with pytest.raises(ValueError, match="image.*latents"):
+            golden_pipe(latents=good, image=_digit_image(config.image_size), strength=0.5)
 
     def test_output_type_and_generators(self, golden_pipe):
         with pytest.raises(ValueError, match="output_type"):
             golden_pipe(output_type="jpeg")
         with pytest.raises(ValueError, match="generator"):
             golden_pipe(batch_size=2, generator=[_seed()])
+        with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
+            golden_pipe(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["logits"])

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from mage_hf.scheduling_mage import MageScheduler, MageSchedulerOutput, mask_ratio_at
+from mage_hf.masking import mask_ratio_at
+from mage_hf.scheduling_mage import MageScheduler, MageSchedulerOutput
 
 MASK = 1024
 K = 16  # codebook size of the toy logits
@@ -67,7 +68,8 @@ def test_set_timesteps():
     scheduler.set_timesteps(5)
     assert scheduler.num_inference_steps == 5
     assert scheduler.timesteps.dtype == torch.long
-    assert scheduler.timesteps.tolist() == [0, 1, 2, 3, 4]
+    assert scheduler.timesteps.tolist() == [4, 3, 2, 1, 0]  # descending, as in diffusers and aMUSEd
+    assert [scheduler.step_index(t) for t in scheduler.timesteps] == [0, 1, 2, 3, 4]
 
 
 # ----------------------------------------------------------------------------- one step
@@ -79,19 +81,19 @@ def test_first_step_unknown_count(schedule, expected):
     scheduler.set_timesteps(4)
     logits = torch.randn(2, 64, K, generator=torch.Generator().manual_seed(0))
     start = torch.full((2, 64), MASK)
-    out = scheduler.step(logits, 0, start, generator=torch.Generator().manual_seed(1))
+    out = scheduler.step(logits, 3, start, generator=torch.Generator().manual_seed(1))
     assert isinstance(out, MageSchedulerOutput)
     assert num_unknown(out.prev_sample) == [expected[0]] * 2
     assert num_unknown(out.pred_original_sample) == [0, 0]
 
 
 def test_no_noise_remasks_lowest_confidence():
-    scheduler = make(choice_temperature=0.0, temperature=1e-4)
+    scheduler = make(choice_temperature=0.0, sampling_temperature=1e-4)
     scheduler.set_timesteps(2)
     strengths = [3.0, 0.5, 7.0, 1.0, 6.0, 2.0, 8.0, 4.0]  # lowest five: indices 1, 3, 5, 0, 7
     logits = graded_logits(strengths)
     start = torch.full((1, 8), MASK)
-    out = scheduler.step(logits, 0, start)
+    out = scheduler.step(logits, 1, start)  # the first of 2 steps
     # mask_len = floor(8 * cos(pi/4)) = floor(5.66) = 5 (<= 8 unknown - 1)
     assert out.pred_original_sample.tolist() == [list(range(8))]
     masked = (out.prev_sample[0] == MASK).nonzero().flatten().tolist()
@@ -101,14 +103,14 @@ def test_no_noise_remasks_lowest_confidence():
 
 
 def test_known_tokens_kept_and_never_remasked():
-    scheduler = make(choice_temperature=0.0, temperature=1e-4)
+    scheduler = make(choice_temperature=0.0, sampling_temperature=1e-4)
     scheduler.set_timesteps(3)
     # The known tokens get the *lowest* logits, and their logits point at other ids: still untouched.
     strengths = [0.1, 0.2, 0.3, 5.0, 1.0, 4.0, 2.0, 3.0, 6.0, 7.0]
     logits = graded_logits(strengths)
     start = torch.full((1, 10), MASK)
     start[0, :3] = torch.tensor([11, 12, 13])
-    out = scheduler.step(logits, 0, start)
+    out = scheduler.step(logits, 2, start)  # the first of 3 steps
     # mask_len = floor(10 * cos(pi/6)) = floor(8.66) = 8, clamped to 7 unknown - 1 = 6
     assert out.prev_sample[0, :3].tolist() == [11, 12, 13]
     assert out.pred_original_sample[0, :3].tolist() == [11, 12, 13]
@@ -127,7 +129,7 @@ def test_clamp_to_unknown_minus_one_and_at_least_one():
     start[1, :3] = MASK  # 3 unknown: min(2, 59) = 2
     start[2, :1] = MASK  # 1 unknown: max(1, min(0, 59)) = 1, re-masked
     # sample 3: nothing unknown: nothing to re-mask, nothing changes
-    out = scheduler.step(logits, 0, start, generator=generator)
+    out = scheduler.step(logits, 3, start, generator=generator)
     assert num_unknown(out.prev_sample) == [59, 2, 1, 0]
     assert torch.equal(out.prev_sample[3], start[3])
     assert out.prev_sample[2, 0] == MASK
@@ -135,7 +137,7 @@ def test_clamp_to_unknown_minus_one_and_at_least_one():
     # a schedule that asks for 0 masked before the last step still leaves 1 masked
     zero = make(mask_schedule_fn=lambda r: 0.0)
     zero.set_timesteps(4)
-    out = zero.step(logits[:1], 0, torch.full((1, 64), MASK), generator=generator)
+    out = zero.step(logits[:1], 3, torch.full((1, 64), MASK), generator=generator)
     assert num_unknown(out.prev_sample) == [1]
 
 
@@ -146,11 +148,11 @@ def test_last_step_no_remasking():
     logits = torch.randn(2, 64, K, generator=generator)
     start = torch.full((2, 64), MASK)
     start[0, 30:] = 5  # 30 still unknown going into the last step
-    out = scheduler.step(logits, 3, start, generator=generator)
+    out = scheduler.step(logits, 0, start, generator=generator)  # timestep 0: the last step
     assert not (out.prev_sample == MASK).any()
     assert torch.equal(out.prev_sample, out.pred_original_sample)
     assert (out.prev_sample[0, 30:] == 5).all()
-    prev, pred = scheduler.step(logits, 3, start, return_dict=False)
+    prev, pred = scheduler.step(logits, 0, start, return_dict=False)
     assert torch.equal(prev, pred) and not (pred == MASK).any()
 
 
@@ -176,10 +178,10 @@ def test_generator_list_per_sample():
     logits = torch.randn(2, 64, K, generator=torch.Generator().manual_seed(0))
     start = torch.full((2, 64), MASK)
     batch = scheduler.step(
-        logits, 0, start, generator=[torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]
+        logits, 3, start, generator=[torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]
     )
-    alone_list = scheduler.step(logits[:1], 0, start[:1], generator=[torch.Generator().manual_seed(10)])
-    alone_single = scheduler.step(logits[:1], 0, start[:1], generator=torch.Generator().manual_seed(10))
+    alone_list = scheduler.step(logits[:1], 3, start[:1], generator=[torch.Generator().manual_seed(10)])
+    alone_single = scheduler.step(logits[:1], 3, start[:1], generator=torch.Generator().manual_seed(10))
     for alone in (alone_list, alone_single):
         assert torch.equal(batch.prev_sample[:1], alone.prev_sample)
         assert torch.equal(batch.pred_original_sample[:1], alone.pred_original_sample)
@@ -187,7 +189,7 @@ def test_generator_list_per_sample():
     other = logits.clone()
     other[0] = torch.randn(64, K)
     batch2 = scheduler.step(
-        other, 0, start, generator=[torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]
+        other, 3, start, generator=[torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]
     )
     assert torch.equal(batch.prev_sample[1], batch2.prev_sample[1])
 
@@ -218,21 +220,25 @@ def test_full_decode_loop(schedule, expected):
 # ----------------------------------------------------------------------------- add_noise
 
 
-def test_add_noise_counts():
+def test_add_noise_masks_what_the_schedule_leaves_unknown():
     scheduler = make()
+    scheduler.set_timesteps(4)
     ids = torch.randint(0, K, (4, 64), generator=torch.Generator().manual_seed(0))
-    masked, mask = scheduler.add_noise(ids, 0.5, generator=torch.Generator().manual_seed(1))
-    assert mask.dtype == torch.bool
-    assert mask.sum(-1).tolist() == [32] * 4  # ceil(64 * 0.5)
-    assert torch.equal(masked == MASK, mask)
-    assert torch.equal(masked[~mask], ids[~mask])
-    # ceil(64 * 0.01) = 1, 0 -> at least 1, ceil(64 * 0.3) = ceil(19.2) = 20, all
-    _, mask = scheduler.add_noise(ids, torch.tensor([0.01, 0.0, 0.3, 1.0]))
-    assert mask.sum(-1).tolist() == [1, 1, 20, 64]
-    a = scheduler.add_noise(ids, 0.4, generator=torch.Generator().manual_seed(3))[1]
-    b = scheduler.add_noise(ids, 0.4, generator=[torch.Generator().manual_seed(3)] + [torch.Generator()] * 3)[
-        1
-    ]
+    # the first step (timestep 3) starts fully masked
+    assert (scheduler.add_noise(ids, 3) == MASK).all()
+    # the third step (index 2) starts with ceil(64 * cos(pi/2 * 2/4)) = ceil(45.25) = 46 masked
+    masked = scheduler.add_noise(ids, 1, generator=torch.Generator().manual_seed(1))
+    assert num_unknown(masked) == [46] * 4
+    assert torch.equal(masked[masked != MASK], ids[masked != MASK])
+    # a region: only its tokens, ceil(16 * 0.7071) = 12 of 16; an empty region changes nothing
+    region = torch.zeros(4, 64, dtype=torch.bool)
+    region[:3, :16] = True
+    masked = scheduler.add_noise(ids, 1, generator=torch.Generator().manual_seed(2), region=region)
+    assert num_unknown(masked) == [12, 12, 12, 0]
+    assert torch.equal(masked[:, 16:], ids[:, 16:]) and torch.equal(masked[3], ids[3])
+    # per-sample generators: row 0 depends on its own generator only
+    a = scheduler.add_noise(ids, 1, generator=torch.Generator().manual_seed(3))
+    b = scheduler.add_noise(ids, 1, generator=[torch.Generator().manual_seed(3)] + [torch.Generator()] * 3)
     assert torch.equal(a[0], b[0])
 
 
@@ -241,14 +247,14 @@ def test_add_noise_counts():
 
 def test_config_round_trip(tmp_path):
     scheduler = MageScheduler(
-        mask_token_id=2025, mask_schedule="linear", choice_temperature=6.0, temperature=0.9
+        mask_token_id=2025, mask_schedule="linear", choice_temperature=6.0, sampling_temperature=0.9
     )
     scheduler.save_pretrained(tmp_path)
     loaded = MageScheduler.from_pretrained(tmp_path)
     assert loaded.config.mask_token_id == 2025
     assert loaded.config.mask_schedule == "linear"
     assert loaded.config.choice_temperature == 6.0
-    assert loaded.config.temperature == 0.9
+    assert loaded.config.sampling_temperature == 0.9
     assert MageScheduler.order == 1
     again = MageScheduler.from_config(loaded.config)
     assert again.config.mask_token_id == 2025
@@ -268,22 +274,22 @@ def test_bad_inputs():
             scheduler.set_timesteps(bad)
     scheduler.set_timesteps(4)
     for bad in (4, -1):
-        with pytest.raises(ValueError, match="step_index"):
+        with pytest.raises(ValueError, match="timestep"):
             scheduler.step(logits, bad, ids)
-    with pytest.raises(ValueError, match="sample_ids"):
-        scheduler.step(logits, 0, ids[:, :7])
-    with pytest.raises(ValueError, match="sample_ids"):
-        scheduler.step(logits, 0, ids[:1])
-    with pytest.raises(ValueError, match="logits"):
-        scheduler.step(logits[0], 0, ids)
+    with pytest.raises(ValueError, match="sample"):
+        scheduler.step(logits, 3, ids[:, :7])
+    with pytest.raises(ValueError, match="sample"):
+        scheduler.step(logits, 3, ids[:1])
+    with pytest.raises(ValueError, match="model_output"):
+        scheduler.step(logits[0], 3, ids)
     with pytest.raises(ValueError, match="generator"):
-        scheduler.step(logits, 0, ids, generator=[torch.Generator()])
-    with pytest.raises(ValueError, match="temperature"):
-        scheduler.step(logits, 0, ids, temperature=0.0)
+        scheduler.step(logits, 3, ids, generator=[torch.Generator()])
+    with pytest.raises(ValueError, match="sampling_temperature"):
+        scheduler.step(logits, 3, ids, sampling_temperature=0.0)
     with pytest.raises(ValueError, match="choice_temperature"):
-        scheduler.step(logits, 0, ids, choice_temperature=-1.0)
-    with pytest.raises(ValueError, match="mask_ratio"):
-        scheduler.add_noise(ids, 1.5)
+        scheduler.step(logits, 3, ids, choice_temperature=-1.0)
+    with pytest.raises(ValueError, match="region"):
+        scheduler.add_noise(ids, 3, region=torch.ones(2, 7, dtype=torch.bool))
     with pytest.raises(ValueError, match="mask_schedule"):
         MageScheduler(mask_token_id=MASK, mask_schedule="square")
     with pytest.raises(ValueError, match="mask_token_id"):
@@ -301,7 +307,7 @@ def test_schedule_spans_the_tokens_masked_at_start():
     counts = []
     for t in range(4):
         logits = torch.randn(1, 64, 8, generator=torch.Generator().manual_seed(t))
-        ids = scheduler.step(logits, t, ids, num_masked_at_start=start).prev_sample
+        ids = scheduler.step(logits, scheduler.timesteps[t], ids, num_masked_at_start=start).prev_sample
         counts.append(int((ids == 99).sum()))
         assert (ids[0, 16:] == 0).all()
     assert counts == [max(1, c) if i < 3 else 0 for i, c in enumerate(expected)]

@@ -86,20 +86,20 @@ def chunks(count: int, batch_size: int | None) -> list[range]:
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
-def iter_generated_chunks(pipe, num_images: int, batch_size: int | None, seed: int, class_label=None,
+def iter_generated_chunks(pipe, num_images: int, batch_size: int | None, seed: int, class_labels=None,
                           image=None, mask_image=None, generator_device: str | torch.device = "cpu",
                           output_type: str = "pil", **call_kwargs):
     """Yield the `.images` of pipeline calls of at most `batch_size` images each, `num_images` in all.
 
     Image i is generated with `torch.Generator(generator_device).manual_seed(seed + i)` (per-sample generators),
     so its tokens do not depend on `batch_size` (decoded pixels may differ by float rounding: the VQGAN's convs
-    can pick other kernels for another batch size). `class_label`, `image` and `mask_image` are lists of
+    can pick other kernels for another batch size). `class_labels`, `image` and `mask_image` are lists of
     `num_images` entries (or None); other keyword arguments go to every pipeline call.
     """
     for index in chunks(num_images, batch_size):
         kwargs = dict(call_kwargs)
-        if class_label is not None:
-            kwargs["class_label"] = [class_label[i] for i in index]
+        if class_labels is not None:
+            kwargs["class_labels"] = [class_labels[i] for i in index]
         elif image is None:
             kwargs["batch_size"] = len(index)
         if image is not None:
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {}
     if labels is not None:
         repeats = math.ceil(args.num_images / len(labels))
-        kwargs["class_label"] = (labels * repeats)[: args.num_images]
+        kwargs["class_labels"] = (labels * repeats)[: args.num_images]
         kwargs["guidance_scale"] = 2.0 if args.guidance_scale is None else args.guidance_scale
     elif args.guidance_scale not in (None, 1.0):
         raise SystemExit("error: `--guidance-scale` needs `--class-label`")
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     _upscale(make_grid(images), scale).save(output)
     print(f"wrote {output.resolve()} ({len(images)} images"
-          + (f", classes {kwargs['class_label']}" if conditional and labels is not None else "") + ")")
+          + (f", classes {kwargs['class_labels']}" if conditional and labels is not None else "") + ")")
     if args.output_dir:
         folder = Path(args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)

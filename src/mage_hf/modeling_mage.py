@@ -430,6 +430,7 @@ class MageModel(MagePreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         input_ids: torch.LongTensor | None = None,
         bool_dropped_pos: torch.BoolTensor | None = None,
+        num_dropped_tokens: int | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
@@ -437,11 +438,14 @@ class MageModel(MagePreTrainedModel):
         input_ids: (B, 1 + N) token ids, position 0 the condition token.
         bool_dropped_pos: (B, N) image tokens to remove from the encoder input (the same count in every row), as in
             pretraining; the outputs then have 1 + N - dropped positions.
+        num_dropped_tokens: how many tokens `bool_dropped_pos` drops per row, when the caller knows it (the
+            pretraining masks drop `config.num_dropped_tokens`): the output shape is then static, with no read-back
+            of the mask (GPU sync, export, compile).
         """
         inputs = self.prepare_inputs(pixel_values, input_ids)
         hidden_states = self.embeddings(inputs.input_ids)
         if bool_dropped_pos is not None:
-            hidden_states = self._drop_tokens(hidden_states, bool_dropped_pos)
+            hidden_states = self._drop_tokens(hidden_states, bool_dropped_pos, num_dropped_tokens)
         for layer in self.layers:
             hidden_states = layer(hidden_states, **kwargs)
         sequence_output = self.layernorm(hidden_states)
@@ -450,18 +454,26 @@ class MageModel(MagePreTrainedModel):
         )
 
     @staticmethod
-    def _drop_tokens(hidden_states: torch.Tensor, bool_dropped_pos: torch.BoolTensor) -> torch.Tensor:
+    def _drop_tokens(
+        hidden_states: torch.Tensor, bool_dropped_pos: torch.BoolTensor, num_dropped: int | None = None
+    ) -> torch.Tensor:
         """(B, 1 + N, D) -> (B, 1 + N - dropped, D), keeping order; position 0 is never dropped."""
         batch, length, width = hidden_states.shape
         dropped = check_bool_mask("bool_dropped_pos", bool_dropped_pos, batch, length - 1)
         if value_checks_enabled() and batch:
             counts = dropped.sum(dim=1)
-            if bool((counts != counts[0]).any()):
+            expected = counts[0] if num_dropped is None else num_dropped
+            if bool((counts != expected).any()):
                 raise ValueError(
-                    f"`bool_dropped_pos` must drop the same number of tokens in every row, got {counts.tolist()}"
+                    f"`bool_dropped_pos` must drop the same number of tokens in every row"
+                    f"{'' if num_dropped is None else f' ({num_dropped})'}, got {counts.tolist()}"
                 )
-        keep = torch.cat([dropped.new_ones(batch, 1), ~dropped], dim=1)
-        return hidden_states[keep].view(batch, -1, width)
+        dropped = torch.cat([dropped.new_zeros(batch, 1), dropped], dim=1)
+        if num_dropped is None:
+            return hidden_states[~dropped].view(batch, -1, width)
+        # Known count: the kept positions, in order, are the first `length - num_dropped` of a stable sort.
+        kept = dropped.to(torch.int32).argsort(dim=1, stable=True)[:, : length - num_dropped]
+        return hidden_states.gather(1, kept[..., None].expand(-1, -1, width))
 
 
 class MageForMaskedImageModeling(MagePreTrainedModel):
@@ -574,9 +586,11 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
 
         if bool_masked_pos is None and bool_dropped_pos is not None:
             raise ValueError("`bool_dropped_pos` needs `bool_masked_pos` (dropped tokens must be masked)")
+        num_dropped_tokens = None
         if bool_masked_pos is None:
             if inputs.image_tokens is not None:
                 bool_masked_pos, bool_dropped_pos = self.sample_masks(batch, generator, input_ids.device)
+                num_dropped_tokens = config.num_dropped_tokens
             else:
                 bool_masked_pos = input_ids[:, 1:] == config.mask_token_id
         bool_masked_pos = check_bool_mask("bool_masked_pos", bool_masked_pos, batch, num_tokens).to(input_ids.device)
@@ -588,7 +602,12 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
 
         image_ids = input_ids[:, 1:].masked_fill(bool_masked_pos, config.mask_token_id)
         masked_input_ids = torch.cat([input_ids[:, :1], image_ids], dim=1)
-        encoder_outputs = self.mage(input_ids=masked_input_ids, bool_dropped_pos=bool_dropped_pos, **kwargs)
+        encoder_outputs = self.mage(
+            input_ids=masked_input_ids,
+            bool_dropped_pos=bool_dropped_pos,
+            num_dropped_tokens=num_dropped_tokens,
+            **kwargs,
+        )
 
         no_condition = bool_masked_pos.new_zeros(batch, 1)
         full_masked = torch.cat([no_condition, bool_masked_pos], dim=1)

@@ -1,7 +1,5 @@
 """`MagePipeline`: MAGE image generation (unconditional, class-conditional with guidance) and token-level editing
-(inpainting, outpainting, uncropping) as a diffusers pipeline."""
-
-from __future__ import annotations
+(inpainting, outpainting, uncropping, variations, editing of token grids) as a diffusers pipeline."""
 
 import json
 import os
@@ -14,8 +12,10 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 from .image_processing_mage import MageImageProcessor
+from .input_checks import check_id_range, check_integer_tensor, value_checks_enabled
 from .modeling_mage import MageForMaskedImageModeling
 from .modeling_vqgan import MageVQModel
 from .scheduling_mage import MageScheduler
@@ -23,6 +23,19 @@ from .scheduling_mage import MageScheduler
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
 GUIDANCE_SCHEDULES = ("constant", "linear")
 OUTPAINT_DIRECTIONS = ("left", "right", "top", "bottom")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+# Written beside `model_index.json`: lets `DiffusionPipeline.from_pretrained(path, custom_pipeline="pipeline_mage",
+# trust_remote_code=True)` load the folder in an interpreter that never imported mage_hf (the package must be
+# installed: the file only imports it).
+CUSTOM_PIPELINE_MODULE = "pipeline_mage"
+CUSTOM_PIPELINE_SOURCE = '''"""MagePipeline from the installed `mage_hf` package (pip install mage_hf), for
+`DiffusionPipeline.from_pretrained(path, custom_pipeline="pipeline_mage", trust_remote_code=True)`."""
+
+from mage_hf import MagePipeline
+
+__all__ = ["MagePipeline"]
+'''
 
 
 class MagePipeline(DiffusionPipeline):
@@ -33,11 +46,14 @@ class MagePipeline(DiffusionPipeline):
     own tokenizer copy is not needed) and `scheduler` (`MageScheduler`, the unmasking rule).
 
     - unconditional: `pipe(batch_size=4)`; every sequence starts with the model's `fake_class_id`.
-    - class-conditional (models with `num_condition_classes > 0`): `pipe(class_label=[1, 7], guidance_scale=3.0)`;
-      classifier-free guidance `uncond + s * (cond - uncond)` from one batched forward per step, optionally ramped
-      linearly over the steps (`guidance_schedule="linear"`, as in RCG).
+    - class-conditional (models with `num_condition_classes > 0`): `pipe(class_labels=[1, 7], guidance_scale=3.0)`
+      (`class_label=1` is the same argument); classifier-free guidance `uncond + s * (cond - uncond)` from one
+      batched forward per step, optionally ramped linearly over the steps (`guidance_schedule="linear"`, as in RCG).
     - editing: `pipe(image=..., mask_image=...)` regenerates the tokens whose patch touches the white part of the
-      mask and keeps the others; `outpaint(...)` and `uncrop(...)` build such a canvas and mask.
+      mask and keeps the others; `outpaint(...)` and `uncrop(...)` build such a canvas and mask; `pipe(image=...,
+      strength=0.5)` re-generates part of the image (a variation).
+    - token grids: `pipe(latents=ids)` starts from (B, N) token ids with `mask_token_id` where to generate (e.g. an
+      `output_type="latent"` result with a region set to the mask id); the other tokens are kept exactly.
 
     Reduced precision and speed: `MagePipeline.from_pretrained(path, dtype=torch.bfloat16)` (diffusers >= 0.42;
     `torch_dtype=` on older versions) loads every component in bf16 / fp16, and `torch.autocast(device_type,
@@ -55,7 +71,7 @@ class MagePipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "transformer->vqvae"
-    _callback_tensor_inputs = ["sample_ids"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, vqvae: MageVQModel, transformer: MageForMaskedImageModeling, scheduler: MageScheduler):
         super().__init__()
@@ -75,7 +91,7 @@ class MagePipeline(DiffusionPipeline):
         self.labels = self._label_names(config)
 
     @classmethod
-    def from_masked_image_model(cls, model: MageForMaskedImageModeling, **scheduler_kwargs: Any) -> MagePipeline:
+    def from_masked_image_model(cls, model: MageForMaskedImageModeling, **scheduler_kwargs: Any) -> "MagePipeline":
         """Build a pipeline from a `MageForMaskedImageModeling` that holds its tokenizer: the VQGAN becomes
         `vqvae`, the transformer is a copy without it (weights shared in memory, saved once), and the scheduler
         gets the model's mask id (`scheduler_kwargs` such as `choice_temperature` go to `MageScheduler`)."""
@@ -85,18 +101,20 @@ class MagePipeline(DiffusionPipeline):
         transformer = MageForMaskedImageModeling(config)
         weights = {k: v for k, v in model.state_dict().items() if not k.startswith("mage.vqgan.")}
         transformer.load_state_dict(weights, strict=True, assign=True)
+        transformer.tie_weights()  # `assign` gave the tied projection its own Parameter object
         transformer.to(dtype=model.dtype).eval()
         scheduler = MageScheduler(mask_token_id=config.mask_token_id, **scheduler_kwargs)
         return cls(vqvae=model.mage.vqgan, transformer=transformer, scheduler=scheduler)
 
-    def compile_transformer(self, **compile_kwargs: Any) -> MagePipeline:
+    def compile_transformer(self, **compile_kwargs: Any) -> "MagePipeline":
         """`torch.compile` the transformer in place (`nn.Module.compile`, so parameter names and
         `save_pretrained` are unchanged) and return the pipeline.
 
         The transformer is the part called once per decoding step; the VQGAN decode runs once per call and stays
-        eager. `compile_kwargs` go to `torch.compile` (e.g. `mode="max-autotune"`, `dynamic=False`). The first
-        call with a new batch shape compiles (classifier-free guidance doubles the batch the transformer sees);
-        the input-id validation of the model is a graph break, so `fullgraph=True` is not supported.
+        eager. `compile_kwargs` go to `torch.compile` (e.g. `mode="max-autotune"`, `dynamic=False`,
+        `fullgraph=True`). The first call with a new batch shape compiles (classifier-free guidance doubles the
+        batch the transformer sees). Compiled, the model skips its value checks; the pipeline checks its inputs
+        once per call.
         """
         self.transformer.compile(**compile_kwargs)
         return self
@@ -107,14 +125,16 @@ class MagePipeline(DiffusionPipeline):
         return getattr(self.transformer, "_compiled_call_impl", None) is not None
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """Save as diffusers does, with `model_index.json` naming components `["mage_hf", "<Class>"]`: the
-        package's public names, stable however its modules are organised."""
+        """Save as diffusers does, with `model_index.json` naming components `["mage_hf", "<Class>"]` (the
+        package's public names, stable however its modules are organised) and `pipeline_mage.py`, for
+        `DiffusionPipeline.from_pretrained(path, custom_pipeline="pipeline_mage", trust_remote_code=True)`."""
         super().save_pretrained(save_directory, **kwargs)
         index_path = Path(save_directory) / "model_index.json"
         index = json.loads(index_path.read_text())
         for name in ("vqvae", "transformer", "scheduler"):
             index[name] = ["mage_hf", type(getattr(self, name)).__name__]
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        (Path(save_directory) / f"{CUSTOM_PIPELINE_MODULE}.py").write_text(CUSTOM_PIPELINE_SOURCE)
 
     @staticmethod
     def _label_names(config) -> dict[str, int]:
@@ -128,11 +148,11 @@ class MagePipeline(DiffusionPipeline):
         return dict(sorted(labels.items()))
 
     def get_label_ids(self, label: str | list[str]) -> list[int]:
-        """Class names (from the transformer's `id2label`) -> class indices."""
+        """Class names (from the transformer's `id2label`) -> class indices (as DiT's `get_label_ids`)."""
         names = [label] if isinstance(label, str) else list(label)
         missing = [name for name in names if name not in self.labels]
         if missing:
-            raise ValueError(f"`class_label` names {missing} are not known; available: {sorted(self.labels)}")
+            raise ValueError(f"`class_labels` names {missing} are not known; available: {sorted(self.labels)}")
         return [self.labels[name] for name in names]
 
     @property
@@ -149,7 +169,7 @@ class MagePipeline(DiffusionPipeline):
 
     def check_inputs(
         self,
-        class_label,
+        class_ids: list[int] | None,
         batch_size: int | None,
         num_images_per_prompt: int,
         num_inference_steps: int,
@@ -158,8 +178,9 @@ class MagePipeline(DiffusionPipeline):
         image,
         mask_image,
         strength: float,
+        latents: torch.LongTensor | None,
         output_type: str,
-        callback_on_step_end_tensor_inputs: list[str] | None,
+        callback_on_step_end_tensor_inputs: list[str],
     ) -> None:
         config = self.transformer.config
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= config.num_image_tokens:
@@ -171,62 +192,99 @@ class MagePipeline(DiffusionPipeline):
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}")
-        if class_label is not None and config.num_condition_classes == 0:
-            raise ValueError("`class_label` was given but this model is unconditional (num_condition_classes = 0)")
-        if class_label is not None and batch_size is not None:
-            raise ValueError("pass `class_label` (one image per label) or `batch_size`, not both")
-        if guidance_scale > 1.0 and config.num_condition_classes == 0:
-            raise ValueError("`guidance_scale` > 1 needs a class-conditional model and `class_label`")
+        if class_ids is not None and batch_size is not None:
+            raise ValueError("pass `class_labels` (one image per label) or `batch_size`, not both")
         if guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale}")
+        if guidance_scale > 1.0 and class_ids is None:
+            kind = "this model is unconditional" if config.num_condition_classes == 0 else "none were given"
+            raise ValueError(
+                "`guidance_scale` > 1 (classifier-free guidance) needs `class_labels`: it contrasts the class-"
+                f"conditional and the unconditional prediction, and {kind}; use guidance_scale=1"
+            )
         if guidance_schedule not in GUIDANCE_SCHEDULES:
             raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}")
-        if (image is None) != (mask_image is None) and strength >= 1.0:
-            raise ValueError("inpainting needs both `image` and `mask_image` (or `image` with `strength` < 1)")
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"`strength` must be in (0, 1], got {strength}")
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
+        if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+            raise ValueError(f"`strength` must be in (0, 1], got {strength!r}")
+        if mask_image is not None and image is None:
+            raise ValueError("`mask_image` needs the `image` it applies to")
+        if image is not None and mask_image is None and strength >= 1.0:
+            raise ValueError(
+                "`image` without `mask_image` needs `strength` < 1 (the fraction of the decoding that is re-run); "
+                "for inpainting pass `mask_image`"
+            )
+        if strength < 1.0 and image is None:
+            raise ValueError("`strength` < 1 applies to an `image`: pass one (or use `latents` to edit token grids)")
+        if int(num_inference_steps * strength) < 1:
+            raise ValueError(
+                f"`strength` ({strength}) x `num_inference_steps` ({num_inference_steps}) runs no step: raise either"
+            )
+        if latents is not None:
+            if image is not None:
+                raise ValueError("pass `image` or `latents` as the starting point, not both")
+            self._check_latents(latents)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {sorted(unknown)}"
             )
 
-    def _class_ids(self, class_label) -> list[int]:
-        """int / str / list of either -> class indices, range-checked."""
-        labels = class_label if isinstance(class_label, (list, tuple)) else [class_label]
-        if torch.is_tensor(class_label):
-            labels = class_label.reshape(-1).tolist()
-        indices = []
-        for label in labels:
-            if isinstance(label, str):
-                indices.extend(self.get_label_ids(label))
-            elif isinstance(label, (int, np.integer)) and not isinstance(label, bool):
-                indices.append(int(label))
-            else:
-                raise TypeError(f"`class_label` entries must be int or str, got {type(label).__name__}")
+    def _check_latents(self, latents: torch.LongTensor) -> None:
+        """(B, N) token ids: codebook ids, or `mask_token_id` where to generate."""
+        config = self.transformer.config
+        shape = f"(batch, {config.num_image_tokens})"
+        check_integer_tensor("latents", latents, shape)
+        if latents.ndim != 2 or latents.shape[1] != config.num_image_tokens:
+            raise ValueError(f"`latents` must have shape {shape} (token ids), got {tuple(latents.shape)}")
+        if value_checks_enabled():
+            valid = (latents >= 0) & (latents < config.codebook_size) | (latents == config.mask_token_id)
+            if not bool(valid.all()):
+                raise ValueError(
+                    f"`latents` must hold codebook ids in [0, {config.codebook_size}) or the mask id "
+                    f"{config.mask_token_id}, got {sorted(set(latents[~valid].tolist()))[:8]}"
+                )
+
+    def _class_ids(self, class_labels) -> list[int]:
+        """int / str / nested lists of either / numpy or torch array -> flat list of class indices, range-checked."""
+        if isinstance(class_labels, torch.Tensor) and (class_labels.is_floating_point() or class_labels.dtype == torch.bool):
+            raise TypeError(f"`class_labels` must hold integers, got dtype {class_labels.dtype}")
+        if isinstance(class_labels, np.ndarray) and not np.issubdtype(class_labels.dtype, np.integer):
+            raise TypeError(f"`class_labels` must hold integers, got dtype {class_labels.dtype}")
+        if isinstance(class_labels, (torch.Tensor, np.ndarray)):
+            class_labels = class_labels.reshape(-1).tolist()
+
+        def flatten(item) -> list[int]:
+            if isinstance(item, (list, tuple)):
+                return [index for entry in item for index in flatten(entry)]
+            if isinstance(item, str):
+                return self.get_label_ids(item)
+            if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                return [int(item)]
+            raise TypeError(f"`class_labels` entries must be int or str, got {type(item).__name__}")
+
+        indices = flatten(class_labels)
+        if not indices:
+            raise ValueError("`class_labels` is empty")
         num_classes = self.transformer.config.num_condition_classes
-        bad = [i for i in indices if not 0 <= i < num_classes]
-        if bad:
-            raise ValueError(f"`class_label` values must be in [0, {num_classes}), got {bad}")
+        if num_classes == 0:
+            raise ValueError("`class_labels` was given but this model is unconditional (num_condition_classes = 0)")
+        check_id_range("class_labels", torch.tensor(indices), 0, num_classes, "num_condition_classes")
         return indices
 
     def prepare_condition_ids(
-        self, class_label, batch_size: int | None, num_images_per_prompt: int, device: torch.device
+        self, class_ids: list[int] | None, num_prompts: int, device: torch.device
     ) -> torch.LongTensor:
-        """(B,) condition token ids: class ids for class-conditional generation, else the unconditional id."""
+        """(P,) condition token ids: `codebook_size + class` for class-conditional prompts, else the unconditional
+        `fake_class_id`."""
         config = self.transformer.config
-        if class_label is None:
-            count = (batch_size or 1) * num_images_per_prompt
-            return torch.full((count,), config.fake_class_id, dtype=torch.long, device=device)
-        ids = torch.tensor([config.condition_token_id(c) for c in self._class_ids(class_label)], device=device)
-        return ids.repeat_interleave(num_images_per_prompt)
+        if class_ids is None:
+            return torch.full((num_prompts,), config.fake_class_id, dtype=torch.long, device=device)
+        return torch.tensor(class_ids, dtype=torch.long, device=device) + config.codebook_size
 
-    def _pixels(self, image: ImageInput, name: str) -> torch.Tensor:
+    def _pixels(self, image: ImageInput) -> torch.Tensor:
         """Image input -> (B, C, S, S) float pixels in [0, 1] at the model size (resize + center crop)."""
-        if image is None:
-            raise ValueError(f"`{name}` is required")
         return self.image_processor(image, return_tensors="pt")["pixel_values"]
 
     @staticmethod
@@ -254,64 +312,66 @@ class MagePipeline(DiffusionPipeline):
             mask_image = [mask_image] * len(image_sizes)
         if image_sizes != mask_sizes:
             raise ValueError(f"`mask_image` sizes {mask_sizes} must match the `image` sizes {image_sizes}")
-        mask = self._pixels(mask_image, "mask_image").mean(dim=1, keepdim=True)
+        mask = self._pixels(mask_image).mean(dim=1, keepdim=True)
         factor = self.vqvae.downsample_factor
         return F.max_pool2d(mask, kernel_size=factor).flatten(1) > 0.5
 
+    @staticmethod
+    def _per_image(rows: torch.Tensor, num_prompts: int, num_images_per_prompt: int, name: str) -> torch.Tensor:
+        """(P or 1, ...) per-prompt rows -> (P * num_images_per_prompt, ...), each row repeated in place."""
+        if rows.shape[0] == 1 and num_prompts > 1:
+            rows = rows.expand(num_prompts, *rows.shape[1:])
+        if rows.shape[0] != num_prompts:
+            raise ValueError(f"got {rows.shape[0]} {name} for {num_prompts} prompts (class labels or batch_size)")
+        return rows.repeat_interleave(num_images_per_prompt, dim=0)
+
     def prepare_latents(
         self,
-        batch_size: int,
+        num_prompts: int,
+        num_images_per_prompt: int,
         device: torch.device,
+        first_timestep: int,
         image: ImageInput | None = None,
         mask_image: ImageInput | None = None,
-        strength: float = 1.0,
+        latents: torch.LongTensor | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
-    ) -> torch.LongTensor:
-        """(B, N) starting token ids: all masked, or an image's tokens with the region to regenerate masked.
+    ) -> tuple[torch.LongTensor, torch.LongTensor | None]:
+        """Starting token ids (B, N), B = num_prompts * num_images_per_prompt, and how many tokens the schedule spans.
 
-        With `strength` < 1 only that fraction of the region's tokens (chosen at random) is regenerated.
+        All masked (the schedule spans all N tokens); or the given `latents`; or an image's tokens with its region
+        (white `mask_image` patches, else all) masked as the scheduler's `add_noise` leaves it before the first step
+        that is run (all of it at strength 1). The count per image is its masked (`latents`) or region tokens.
         """
         config = self.transformer.config
-        num_tokens = config.num_image_tokens
+        total = num_prompts * num_images_per_prompt
+        if latents is not None:
+            latents = self._per_image(latents.to(device=device, dtype=torch.long), num_prompts, num_images_per_prompt, "latents")
+            return latents, (latents == config.mask_token_id).sum(dim=1)
         if image is None:
-            return torch.full((batch_size, num_tokens), config.mask_token_id, dtype=torch.long, device=device)
-        pixels = self._pixels(image, "image").to(device=device, dtype=self.vqvae.dtype)
-        tokens = self.vqvae.tokenize(pixels)
+            ids = torch.full((total, config.num_image_tokens), config.mask_token_id, dtype=torch.long, device=device)
+            return ids, None
+        tokens = self.vqvae.tokenize(self._pixels(image).to(device=device, dtype=self.vqvae.dtype))
         if mask_image is None:
             region = torch.ones_like(tokens, dtype=torch.bool)
         else:
             region = self.prepare_edit_mask(image, mask_image).to(device)
-        if tokens.shape[0] == 1 and batch_size > 1:
-            tokens, region = tokens.expand(batch_size, -1), region.expand(batch_size, -1)
-        if tokens.shape[0] != batch_size:
-            raise ValueError(f"got {tokens.shape[0]} images for a batch of {batch_size}")
-        if strength < 1.0:
-            region = region & (self._uniform((batch_size, num_tokens), generator, device) < strength)
-        if not bool(region.any(dim=1).all()):
-            raise ValueError("`mask_image` selects no token to regenerate in at least one image")
-        return torch.where(region, torch.full_like(tokens, config.mask_token_id), tokens)
-
-    @staticmethod
-    def _uniform(shape: tuple[int, int], generator, device: torch.device) -> torch.Tensor:
-        """U(0, 1) of `shape`, one row per generator when a list is given."""
-        if isinstance(generator, list):
-            rows = [torch.rand(shape[1:], generator=g, device=g.device) for g in generator]
-            return torch.stack(rows).to(device)
-        gen_device = generator.device if generator is not None else device
-        return torch.rand(shape, generator=generator, device=gen_device).to(device)
+        tokens = self._per_image(tokens, num_prompts, num_images_per_prompt, "images")
+        region = self._per_image(region, num_prompts, num_images_per_prompt, "images")
+        latents = self.scheduler.add_noise(tokens, first_timestep, generator=generator, region=region)
+        return latents, region.sum(dim=1)
 
     def _guidance_at(self, step_index: int, schedule: str) -> float:
         """Guidance scale of one step: constant, or ramped from 1 by the fraction of tokens known after the step."""
         if schedule == "constant":
             return self._guidance_scale
-        ratio = (step_index + 1) / self._num_timesteps
+        ratio = (step_index + 1) / self.scheduler.num_inference_steps
         known_fraction = 1.0 - float(self.scheduler.mask_ratio(ratio))
         return 1.0 + (self._guidance_scale - 1.0) * known_fraction
 
-    def predict_logits(self, sample_ids: torch.LongTensor, condition_ids: torch.LongTensor, guidance: float):
+    def predict_logits(self, latents: torch.LongTensor, condition_ids: torch.LongTensor, guidance: float):
         """(B, N) ids -> (B, N, codebook_size) logits; with guidance, cond and uncond rows in one forward."""
         config = self.transformer.config
-        input_ids = torch.cat([condition_ids[:, None], sample_ids], dim=1)
+        input_ids = torch.cat([condition_ids[:, None], latents], dim=1)
         if self.do_classifier_free_guidance:
             unconditional = input_ids.clone()
             unconditional[:, 0] = config.fake_class_id
@@ -322,102 +382,126 @@ class MagePipeline(DiffusionPipeline):
             logits = unconditional + guidance * (conditional - unconditional)
         return logits
 
-    def decode_tokens(self, sample_ids: torch.LongTensor, output_type: str):
-        """(B, N) codebook ids -> images clipped to [0, 1] as PIL list, (B, H, W, C) numpy or (B, C, H, W) torch."""
-        images = self.vqvae.decode_indices(sample_ids).float().clamp(0.0, 1.0)
-        if output_type == "pt":
-            return images
-        array = images.permute(0, 2, 3, 1).cpu().numpy()
-        return array if output_type == "np" else self.numpy_to_pil(array)
+    @torch.no_grad()
+    def decode_tokens(self, latents: torch.LongTensor, output_type: str = "pil"):
+        """(B, N) codebook ids -> images clipped to [0, 1] as a PIL list, (B, H, W, C) numpy or (B, C, H, W) torch."""
+        images = self.vqvae.decode_indices(latents)
+        return self.image_processor.postprocess(images, output_type=output_type)
 
     @torch.no_grad()
     def __call__(
         self,
-        class_label: int | str | list[int | str] | torch.Tensor | None = None,
+        class_labels: int | str | list | torch.Tensor | None = None,
         batch_size: int | None = None,
         num_images_per_prompt: int = 1,
         num_inference_steps: int = 12,
         guidance_scale: float = 1.0,
         guidance_schedule: str = "constant",
         choice_temperature: float | None = None,
-        temperature: float | None = None,
+        sampling_temperature: float | None = None,
         image: ImageInput | None = None,
         mask_image: ImageInput | None = None,
         strength: float = 1.0,
+        latents: torch.LongTensor | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | None = None,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        class_label: int | str | list | torch.Tensor | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Generate or edit images.
 
         Args:
-            class_label: class index, class name (via the transformer's `id2label`) or a list of them (one image
-                per entry, times `num_images_per_prompt`); `None` for unconditional generation.
-            batch_size: number of unconditional images (default 1; or the number of input images when editing).
-            num_images_per_prompt: images per class label (or per unconditional slot).
-            num_inference_steps: decoding iterations (12 in the original; the paper's FID uses 20), 1..N.
-            guidance_scale: classifier-free guidance scale (1 = none).
+            class_labels: class index, class name (via the transformer's `id2label`), or a (nested) list / tensor of
+                them: one image per entry, times `num_images_per_prompt`. `None` for unconditional generation.
+            batch_size: number of unconditional images (default 1; or the number of input images / latents).
+            num_images_per_prompt: images per class label (or per unconditional slot, input image or latents row).
+            num_inference_steps: decoding iterations T (12 in the original; the paper's FID uses 20), 1..N.
+            guidance_scale: classifier-free guidance scale (1 = none); > 1 needs `class_labels`.
             guidance_schedule: "constant", or "linear" (ramps from 1 as tokens become known, as in RCG).
             choice_temperature: Gumbel temperature of the re-masking choice (scheduler default 4.5; FID: 6.0).
-            temperature: sampling temperature of the token distribution (scheduler default 1.0).
+            sampling_temperature: temperature of the token distribution (scheduler default 1.0).
             image, mask_image: editing inputs (PIL / numpy / torch); white mask pixels mark the region to
-                regenerate. `image` alone with `strength` < 1 re-generates that fraction of all tokens.
-            strength: fraction of the masked region's tokens that are regenerated (1 = all).
+                regenerate, all other tokens are kept exactly; an all-black mask keeps its image as it is.
+            strength: as in aMUSEd's img2img: only the last `int(T * strength)` steps run, starting from the image
+                with the fraction of its region (default: the whole image) that the schedule leaves masked at that
+                step. 1 regenerates the whole region.
+            latents: (B, N) starting token ids, `mask_token_id` where to generate (the others are kept; the schedule
+                spans the masked count of each row). Exclusive with `image`.
             generator: a torch.Generator, or one per image for per-sample reproducibility.
             output_type: "pil", "np" ((B, H, W, C) float in [0, 1]), "pt" ((B, C, H, W)) or "latent" ((B, N) ids).
-            callback_on_step_end: called as `fn(pipe, step_index, timestep, {"sample_ids": ...})` after each step;
-                it may return a dict replacing `sample_ids`.
+            callback_on_step_end: `fn(pipe, i, timestep, {"latents": ...})` after each step (or a diffusers
+                `PipelineCallback` / `MultiPipelineCallbacks`); a returned `"latents"` replaces the current ids.
+            callback_on_step_end_tensor_inputs: tensors passed to the callback (default `["latents"]`).
+            class_label: the same as `class_labels` (pass one of them).
 
         Returns:
             `ImagePipelineOutput` with `images`, or a tuple `(images,)` when `return_dict=False`.
         """
         # 1. Check inputs
+        if class_label is not None:
+            if class_labels is not None:
+                raise ValueError("pass `class_labels` or its alias `class_label`, not both")
+            class_labels = class_label
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = ["latents"]
+        class_ids = None if class_labels is None else self._class_ids(class_labels)
         self.check_inputs(
-            class_label, batch_size, num_images_per_prompt, num_inference_steps, guidance_scale, guidance_schedule,
-            image, mask_image, strength, output_type, callback_on_step_end_tensor_inputs,
+            class_ids, batch_size, num_images_per_prompt, num_inference_steps, guidance_scale, guidance_schedule,
+            image, mask_image, strength, latents, output_type, callback_on_step_end_tensor_inputs,
         )
-        self._guidance_scale = guidance_scale if class_label is not None else 1.0
+        self._guidance_scale = guidance_scale
         device = self._execution_device
-        if image is not None and batch_size is None and class_label is None:
-            batch_size = len(self._image_sizes(image))
-
-        # 2. Condition tokens
-        condition_ids = self.prepare_condition_ids(class_label, batch_size, num_images_per_prompt, device)
-        total = condition_ids.shape[0]
+        if class_ids is not None:
+            num_prompts = len(class_ids)
+        elif batch_size is not None:
+            num_prompts = batch_size
+        elif image is not None:
+            num_prompts = len(self._image_sizes(image))
+        else:
+            num_prompts = 1 if latents is None else latents.shape[0]
+        total = num_prompts * num_images_per_prompt
         if isinstance(generator, list) and len(generator) != total:
             raise ValueError(f"`generator` is a list of {len(generator)} generators for {total} images")
 
-        # 3. Starting tokens
-        sample_ids = self.prepare_latents(total, device, image, mask_image, strength, generator)
+        # 2. Condition tokens, one per image
+        condition_ids = self.prepare_condition_ids(class_ids, num_prompts, device)
+        condition_ids = condition_ids.repeat_interleave(num_images_per_prompt)
 
-        num_masked_at_start = None
-        if image is not None:  # editing: the schedule spans the tokens to regenerate, not the whole grid
-            num_masked_at_start = (sample_ids == self.transformer.config.mask_token_id).sum(dim=1)
-
-        # 4. Timesteps
+        # 3. Timesteps (T - 1 .. 0); `strength` < 1 runs only the last int(T * strength) of them
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        self._num_timesteps = num_inference_steps
+        first_step = num_inference_steps - int(num_inference_steps * strength)
+        timesteps = self.scheduler.timesteps[first_step:].tolist()  # host ints: no device sync in the loop
+        self._num_timesteps = len(timesteps)
+
+        # 4. Starting tokens
+        latents, num_masked_at_start = self.prepare_latents(
+            num_prompts, num_images_per_prompt, device, timesteps[0], image, mask_image, latents, generator
+        )
 
         # 5. Decoding loop
-        for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            logits = self.predict_logits(sample_ids, condition_ids, self._guidance_at(step_index, guidance_schedule))
-            sample_ids = self.scheduler.step(
-                logits, step_index, sample_ids, generator=generator,
-                choice_temperature=choice_temperature, temperature=temperature,
-                num_masked_at_start=num_masked_at_start,
+        for i, timestep in enumerate(self.progress_bar(timesteps)):
+            guidance = self._guidance_at(first_step + i, guidance_schedule)
+            logits = self.predict_logits(latents, condition_ids, guidance)
+            latents = self.scheduler.step(
+                logits, timestep, latents, generator=generator, choice_temperature=choice_temperature,
+                sampling_temperature=sampling_temperature, num_masked_at_start=num_masked_at_start,
             ).prev_sample
             if callback_on_step_end is not None:
-                available = {"sample_ids": sample_ids}
-                tensors = {name: available[name] for name in (callback_on_step_end_tensor_inputs or [])}
-                sample_ids = (callback_on_step_end(self, step_index, timestep, tensors) or {}).get(
-                    "sample_ids", sample_ids
-                )
+                available = {"latents": latents}
+                callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, i, timestep, callback_kwargs) or {}
+                latents = callback_outputs.pop("latents", latents)
 
         # 6. Decode
-        images = sample_ids if output_type == "latent" else self.decode_tokens(sample_ids, output_type)
+        images = latents if output_type == "latent" else self.decode_tokens(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

@@ -163,7 +163,7 @@ def sample_batches(
         raise ValueError(f"`num_images` and `batch_size` must be >= 1, got {num_images} and {batch_size}")
     if class_labels is not None and len(class_labels) != num_images:
         raise ValueError(f"`class_labels` has {len(class_labels)} entries for {num_images} images")
-    chunks = iter_generated_chunks(pipe, num_images, batch_size, seed, class_label=class_labels, output_type="pt",
+    chunks = iter_generated_chunks(pipe, num_images, batch_size, seed, class_labels=class_labels, output_type="pt",
                                    **call_kwargs)
     for images in chunks:  # (B, 3, H, W) float in [0, 1]
         yield (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
