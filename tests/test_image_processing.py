@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -319,3 +323,179 @@ def test_bad_postprocess_arguments_raise(processor):
         processor.postprocess([torch.rand(3, 4, 4)])
     with pytest.raises(TypeError, match="images"):
         processor.postprocess(torch.ones(1, 3, 4, 4, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference fixture: the outputs of the processor as it was before its rewrite (git 7ffee31), on a deterministic set
+# of inputs. Regenerate with `python tests/test_image_processing.py` (only when a behaviour change is intended).
+
+REFERENCE_FIXTURE = Path(__file__).parent / "data" / "image_processor_reference.safetensors"
+
+# Processors under test: name -> constructor keyword arguments (for_image_size(n) is {"size": n, "crop_size": n}).
+REFERENCE_PROCESSORS = {
+    "default": {},
+    "image_size_32": {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}},
+    "image_size_256": {"size": {"shortest_edge": 256}, "crop_size": {"height": 256, "width": 256}},
+    "height_width": {"size": {"height": 20, "width": 27}, "crop_size": {"height": 15, "width": 24}},
+    "odd_crop": {"size": {"shortest_edge": 37}, "crop_size": {"height": 30, "width": 33}},
+    "pad": {"size": {"shortest_edge": 9}, "crop_size": {"height": 14, "width": 12}},
+}
+# Extra call-time keyword arguments, tried with the "image_size_32" processor on every input they apply to.
+REFERENCE_CALLS = {
+    "no_resize": {"do_resize": False},
+    "no_crop": {"do_center_crop": False, "size": {"height": 21, "width": 18}},
+    "channels_last": {"data_format": "channels_last"},
+}
+
+
+def pattern(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Deterministic uint8 texture (pure integer arithmetic, no random generator): edges, gradients and noise-like
+    high frequencies."""
+    index = np.indices(shape).reshape(len(shape), -1).astype(np.int64)
+    weights = np.array([37, 91, 53, 17][: len(shape)]) + seed
+    values = weights @ index + (index[0] * index[-1] + seed) % 13 * 19 + (index[0] // 5) * 41
+    return (values % 256).astype(np.uint8).reshape(shape)
+
+
+def unit_float(shape: tuple[int, ...], seed: int, dtype=np.float32) -> np.ndarray:
+    """Deterministic floats strictly inside (0, 1), off the k/255 grid."""
+    return ((pattern(shape, seed).astype(np.float64) + 0.5) / 256).astype(dtype)
+
+
+def _palette_image(height: int, width: int, seed: int, transparency: bool) -> PIL.Image.Image:
+    image = PIL.Image.fromarray(pattern((height, width), seed) % 16, mode="P")
+    image.putpalette(pattern((16, 3), seed + 1).reshape(-1).tolist())
+    if transparency:
+        image.info["transparency"] = 3
+    return image
+
+
+@functools.cache
+def reference_inputs() -> dict[str, Any]:
+    """name -> input of the processor. Sizes: smaller than, equal to and larger than the crops; portrait, landscape,
+    odd; every input type and layout the processor reads."""
+    rgb = lambda h, w, seed: PIL.Image.fromarray(pattern((h, w, 3), seed))  # noqa: E731
+    return {
+        "pil_rgb_40x48": rgb(40, 48, 0),
+        "pil_rgb_32x32": rgb(32, 32, 1),
+        "pil_rgb_256x256": rgb(256, 256, 2),
+        "pil_rgb_260x300": rgb(260, 300, 3),
+        "pil_rgb_61x27_portrait": rgb(61, 27, 4),
+        "pil_rgb_5x7_small": rgb(5, 7, 5),
+        "pil_l_33x45": PIL.Image.fromarray(pattern((33, 45), 6)),
+        "pil_la_29x30": PIL.Image.merge("LA", [PIL.Image.fromarray(pattern((29, 30), s)) for s in (7, 8)]),
+        "pil_rgba_35x50": PIL.Image.fromarray(pattern((35, 50, 4), 9)),
+        "pil_p_29x37": _palette_image(29, 37, 10, transparency=False),
+        "pil_p_transparent_41x31": _palette_image(41, 31, 11, transparency=True),
+        "pil_cmyk_34x34": rgb(34, 34, 12).convert("CMYK"),
+        "pil_1_36x28": rgb(36, 28, 13).convert("1"),
+        "np_uint8_hwc_45x30": pattern((45, 30, 3), 14),
+        "np_uint8_chw_29x50": pattern((3, 29, 50), 15),
+        "np_uint8_hw_33x21": pattern((33, 21), 16),
+        "np_uint8_hw1_20x24": pattern((20, 24, 1), 17),
+        "np_uint8_rgba_24x36": pattern((24, 36, 4), 18),
+        "np_float32_hwc_37x53": unit_float((37, 53, 3), 19),
+        "np_float64_hwc_30x30": unit_float((30, 30, 3), 20, np.float64),
+        "np_float32_edge_64x64": np.repeat((np.arange(64) >= 32).astype(np.float32)[None, :, None], 64, 0).repeat(3, 2),
+        "pt_uint8_chw_41x35": torch.from_numpy(pattern((3, 41, 35), 21)),
+        "pt_float_chw_44x39": torch.from_numpy(unit_float((3, 44, 39), 22)),
+        "pt_float16_chw_32x32": torch.from_numpy(unit_float((3, 32, 32), 23)).half(),
+        "pt_uint8_bchw_2x34x36": torch.from_numpy(pattern((2, 3, 34, 36), 24)),
+        "pt_float_bchw_2x30x47": torch.from_numpy(unit_float((2, 3, 30, 47), 25)),
+        "list_mixed": [rgb(50, 40, 26), pattern((32, 45, 3), 27), torch.from_numpy(unit_float((3, 36, 36), 28))],
+        "nested_list": [[rgb(38, 44, 29), PIL.Image.fromarray(pattern((27, 33), 30))], [pattern((3, 31, 31), 31)]],
+    }
+
+
+def _input_digest(image: Any) -> str:
+    """SHA-256 over an input's pixels (and PIL mode/palette), to check that the recipe still builds the same inputs."""
+    digest = hashlib.sha256()
+    for item in image if isinstance(image, list) else [image]:
+        for leaf in item if isinstance(item, list) else [item]:
+            if isinstance(leaf, PIL.Image.Image):
+                digest.update(f"{leaf.mode}{leaf.size}{leaf.info.get('transparency')}".encode())
+                digest.update(leaf.tobytes() + bytes(leaf.getpalette() or []))
+            else:
+                array = leaf.numpy() if isinstance(leaf, torch.Tensor) else leaf
+                digest.update(f"{array.dtype}{array.shape}".encode() + np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def reference_cases() -> dict[str, tuple[str, str, dict]]:
+    """case name -> (processor name, input name, call keyword arguments)."""
+    cases = {f"{p}/{i}": (p, i, {}) for p in REFERENCE_PROCESSORS for i in reference_inputs()}
+    for call, kwargs in REFERENCE_CALLS.items():
+        cases.update({f"image_size_32+{call}/{i}": ("image_size_32", i, kwargs) for i in reference_inputs()})
+    return cases
+
+
+def run_reference_case(processor_name: str, input_name: str, call_kwargs: dict) -> np.ndarray:
+    processor = MageImageProcessor(**REFERENCE_PROCESSORS[processor_name])
+    images = reference_inputs()[input_name]
+    pixel_values = processor(images, return_tensors="np", **call_kwargs)["pixel_values"]
+    return np.ascontiguousarray(pixel_values)
+
+
+def _summary(output: np.ndarray) -> dict[str, np.ndarray]:
+    """What the fixture keeps of one output: its shape, SHA-256 of its float32 bytes (exact equality), and every
+    `step`-th value (so that a mismatch shows where and by how much; the full outputs would be megabytes)."""
+    flat = output.reshape(-1)
+    step = max(1, flat.size // 96)
+    return {
+        "shape": np.array(output.shape, dtype=np.int64),
+        "sha256": np.frombuffer(hashlib.sha256(output.astype(np.float32).tobytes()).digest(), dtype=np.uint8),
+        "sample": flat[::step].astype(np.float32),
+    }
+
+
+def write_reference_fixture(path: Path = REFERENCE_FIXTURE) -> None:
+    import PIL as pillow
+    from safetensors.numpy import save_file
+
+    tensors, recipe = {}, {}
+    inputs = reference_inputs()
+    for name, (processor_name, input_name, call_kwargs) in reference_cases().items():
+        output = run_reference_case(processor_name, input_name, call_kwargs)
+        tensors.update({f"{name}/{key}": value for key, value in _summary(output).items()})
+        recipe[name] = {"processor": processor_name, "input": input_name, "call": call_kwargs}
+    metadata = {
+        "recipe": json.dumps(recipe),
+        "processors": json.dumps(REFERENCE_PROCESSORS),
+        "input_sha256": json.dumps({name: _input_digest(image) for name, image in inputs.items()}),
+        "versions": json.dumps({"pillow": pillow.__version__, "numpy": np.__version__}),
+    }
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def test_reference_inputs_are_reproducible():
+    from safetensors import safe_open
+
+    with safe_open(str(REFERENCE_FIXTURE), framework="np") as fixture:
+        expected = json.loads(fixture.metadata()["input_sha256"])
+    assert {name: _input_digest(image) for name, image in reference_inputs().items()} == expected
+
+
+def test_outputs_match_reference_fixture():
+    """Every case gives bit-for-bit the float32 output of the pre-rewrite processor."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    with safe_open(str(REFERENCE_FIXTURE), framework="np") as fixture:
+        recipe = json.loads(fixture.metadata()["recipe"])
+    stored = load_file(str(REFERENCE_FIXTURE))
+    mismatches = []
+    for name, case in recipe.items():
+        output = run_reference_case(case["processor"], case["input"], case["call"])
+        expected = {key: stored[f"{name}/{key}"] for key in ("shape", "sha256", "sample")}
+        actual = _summary(output)
+        if tuple(actual["shape"]) != tuple(expected["shape"]):
+            mismatches.append(f"{name}: shape {tuple(actual['shape'])} != {tuple(expected['shape'])}")
+        elif not np.array_equal(actual["sha256"], expected["sha256"]):
+            max_diff = float(np.abs(actual["sample"] - expected["sample"]).max())
+            mismatches.append(f"{name}: values differ (max difference over the stored sample {max_diff:.3g})")
+    assert not mismatches, "\n".join(mismatches)
+
+
+if __name__ == "__main__":
+    write_reference_fixture()
+    print(f"wrote {REFERENCE_FIXTURE} ({REFERENCE_FIXTURE.stat().st_size} bytes)")
