@@ -310,6 +310,25 @@ def test_pretraining_forward_exports_with_sampled_masks():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model_class", [MageModel, MageForMaskedImageModeling, MageForImageClassification])
+def test_onnx_export_runs_in_onnxruntime(model_class, tmp_path):
+    """torch.onnx (dynamo exporter) -> onnxruntime gives the eager outputs."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(SEED)
+    model = model_class(_config(num_labels=4)).eval()
+    inputs, field = _export_inputs(model)
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (), str(path), kwargs=inputs, dynamo=True)
+    session = onnxruntime.InferenceSession(str(path))
+    outputs = session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
+    with torch.no_grad():
+        expected = getattr(model(**inputs), field).numpy()
+    first = next(output for output in outputs if output.shape == expected.shape)
+    assert abs(first - expected).max() <= 1e-5
+
+
+@pytest.mark.slow
 def test_transformer_compiles_with_fullgraph():
     torch.manual_seed(SEED)
     model = MageForMaskedImageModeling(_config(include_vq_tokenizer=False)).eval()
