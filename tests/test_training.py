@@ -378,11 +378,16 @@ class Killed(Exception):
     """Stands for the process being killed."""
 
 
-def test_killed_run_resumes_to_identical_weights(digits, tmp_path, monkeypatch):
+# MAGE-C with a small head (two views per image, colour augmentation, InfoNCE).
+CONTRASTIVE = ["--contrastive", "--contrastive-projection-dim", "16", "--contrastive-hidden-size", "32"]
+
+
+@pytest.mark.parametrize("extra", [[], CONTRASTIVE], ids=["mage", "mage-c"])
+def test_killed_run_resumes_to_identical_weights(digits, tmp_path, monkeypatch, extra):
     # 48 examples, batch 4 x accumulation 2: 6 steps per epoch; 8 steps cross an epoch boundary.
     argv = ["pretrain", "--model-config", "tiny", "--dataset-name", digits, "--max-train-steps", "8",
             "--train-batch-size", "4", "--gradient-accumulation-steps", "2", "--warmup-steps", "2",
-            "--checkpointing-steps", "3", "--logging-steps", "2"]
+            "--checkpointing-steps", "3", "--logging-steps", "2", *extra]
     straight = tmp_path / "straight"
     assert run_cli(*argv, "--output-dir", straight) == 0
 
@@ -422,7 +427,8 @@ def test_resume_with_another_batch_size_is_refused(digits, tmp_path):
                 "--resume-from-checkpoint", "latest")
 
 
-def test_two_cpu_processes_end_with_identical_weights(digits, tmp_path):
+@pytest.mark.parametrize("extra", [[], CONTRASTIVE], ids=["mage", "mage-c"])
+def test_two_cpu_processes_end_with_identical_weights(digits, tmp_path, extra):
     out = tmp_path / "ddp"
     # The launch line of docs/conventions.md: the only one that starts two CPU processes here.
     command = [
@@ -430,7 +436,7 @@ def test_two_cpu_processes_end_with_identical_weights(digits, tmp_path):
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
         "-m", "mage_hf", "pretrain", "--cpu", "--model-config", "tiny", "--dataset-name", digits,
         "--output-dir", str(out), "--max-train-steps", "3", "--train-batch-size", "4", "--warmup-steps", "1",
-        "--checkpointing-steps", "0", "--logging-steps", "1", "--verify-replicas",
+        "--checkpointing-steps", "0", "--logging-steps", "1", "--verify-replicas", *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)

@@ -67,6 +67,10 @@ class MageConfig(PreTrainedConfig):
             transformer can leave it out and take token ids only.
         tie_word_embeddings: the MLM head's output projection is the encoder's word embedding matrix (the original;
             used detached in the head) rather than a separate trainable Linear.
+        contrastive_projection_dim: output width of the MAGE-C contrastive head on the pooled encoder output (0: no
+            head, plain MAGE). contrastive_hidden_size: its hidden width.
+        contrastive_loss_weight / contrastive_temperature: weight of the InfoNCE loss added to the token loss, and
+            its temperature (MAGE-C; used by `mage-hf pretrain --contrastive`).
         vq_config: keyword arguments of `MageVQModel` (defaults: the released VQGAN).
 
     Example:
@@ -112,6 +116,10 @@ class MageConfig(PreTrainedConfig):
     use_linear_probe_bn: bool = False
     include_vq_tokenizer: bool = True
     tie_word_embeddings: bool = True
+    contrastive_projection_dim: int = 0
+    contrastive_hidden_size: int = 2048
+    contrastive_loss_weight: float = 0.1
+    contrastive_temperature: float = 0.2
     vq_config: dict | None = None
 
     def __post_init__(self, **kwargs):
@@ -159,6 +167,12 @@ class MageConfig(PreTrainedConfig):
             (0.0 < self.mask_ratio_min <= self.mask_ratio_max <= 1.0,
              f"mask ratios must satisfy 0 < `mask_ratio_min` ({self.mask_ratio_min}) <= `mask_ratio_max` "
              f"({self.mask_ratio_max}) <= 1"),
+            (self.contrastive_projection_dim >= 0 and self.contrastive_hidden_size > 0,
+             f"`contrastive_projection_dim` ({self.contrastive_projection_dim}) must be >= 0 and "
+             f"`contrastive_hidden_size` ({self.contrastive_hidden_size}) > 0"),
+            (self.contrastive_temperature > 0 and self.contrastive_loss_weight >= 0,
+             f"`contrastive_temperature` ({self.contrastive_temperature}) must be > 0 and `contrastive_loss_weight` "
+             f"({self.contrastive_loss_weight}) >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -42,6 +42,8 @@ class MageMaskedImageModelingOutput(ModelOutput):
         bool_dropped_pos: (B, N) image tokens that were removed from the encoder input (a subset of the masked).
         labels: (B, N) target codebook ids (the image's own tokens unless given).
         encoder_last_hidden_state: (B, 1 + N - dropped, D) encoder output over the kept tokens, after its LayerNorm.
+        contrastive_embeds: (B, contrastive_projection_dim) L2-normalised MAGE-C projections of the mean encoder
+            output over the kept image tokens (models with a contrastive head only).
         hidden_states: encoder hidden states (embeddings + each layer), each (B, 1 + N - dropped, D).
         attentions: encoder attention maps, each (B, heads, L, L) (eager attention only).
     """
@@ -52,6 +54,7 @@ class MageMaskedImageModelingOutput(ModelOutput):
     bool_dropped_pos: torch.BoolTensor | None = None
     labels: torch.LongTensor | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
+    contrastive_embeds: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -263,6 +266,20 @@ class MageMLMHead(nn.Module):
         return logits + self.bias.to(logits.dtype)  # keeps the product's dtype under autocast
 
 
+class MageContrastiveHead(nn.Module):
+    """MAGE-C's projection head (SimCLR's): Linear -> ReLU -> Linear on the pooled encoder output, (B, D) -> (B, P).
+    No BatchNorm, so the loss does not depend on how the batch is split over processes."""
+
+    def __init__(self, config: MageConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.contrastive_hidden_size)
+        self.activation_fn = nn.ReLU()
+        self.projection = nn.Linear(config.contrastive_hidden_size, config.contrastive_projection_dim)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.activation_fn(self.dense(pooled)))
+
+
 class MagePreTrainedModel(PreTrainedModel):
     config: MageConfig
     config_class = MageConfig
@@ -327,6 +344,7 @@ _PRETRAINING_HEAD_KEYS = [
     r"\.(weight|bias)$",
     r"^mlm_head\.(dense|layer_norm)\.(weight|bias)$",
     r"^mlm_head\.(bias|projection\.weight)$",
+    r"^contrastive_head\.(dense|projection)\.(weight|bias)$",
 ]
 
 
@@ -490,7 +508,8 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
     replaced by the unconditional id with probability `condition_dropout_prob`.
 
     The MLM head's output projection is tied to the encoder's word embeddings (`tie_word_embeddings`, as in the
-    original) and saved once.
+    original) and saved once. With `contrastive_projection_dim > 0` (MAGE-C) a contrastive head also returns
+    `contrastive_embeds`; the InfoNCE loss over two views is `mage_hf.training.contrastive.info_nce_loss`.
 
     Example:
     ```python
@@ -510,6 +529,7 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
         self.mage = MageModel(config)
         self.decoder = MageDecoder(config)
         self.mlm_head = MageMLMHead(config)
+        self.contrastive_head = MageContrastiveHead(config) if config.contrastive_projection_dim > 0 else None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -614,6 +634,10 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
         full_dropped = None if bool_dropped_pos is None else torch.cat([no_condition, bool_dropped_pos], dim=1)
         decoded = self.decoder(encoder_outputs.last_hidden_state, full_dropped, full_masked)
         logits = self.mlm_head(decoded)
+        contrastive_embeds = None
+        if self.contrastive_head is not None:
+            pooled = encoder_outputs.last_hidden_state[:, 1:].mean(dim=1)
+            contrastive_embeds = F.normalize(self.contrastive_head(pooled), dim=-1)
 
         loss = None
         if labels is not None:
@@ -625,6 +649,7 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
             bool_dropped_pos=bool_dropped_pos if bool_dropped_pos is not None else torch.zeros_like(bool_masked_pos),
             labels=labels,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            contrastive_embeds=contrastive_embeds,
             hidden_states=encoder_outputs.hidden_states,
             attentions=encoder_outputs.attentions,
         )

@@ -5,7 +5,8 @@ Datasets come from `--dataset-name` (a Hub name, a local `load_dataset` path, or
 starts and raises `ValueError` naming the flag. Images are converted to RGB and scaled to [0, 1] (MAGE takes no
 mean/std normalisation); images smaller than the model size are up-sampled by the crop/resize, not rejected.
 
-Training augmentation is written with PIL and torch only (no torchvision): RandomResizedCrop + horizontal flip.
+Training augmentation is written with PIL and torch only (no torchvision): RandomResizedCrop + horizontal flip, and
+for MAGE-C's two views SimCLR's colour jitter, greyscale and blur (`ColorAugment`).
 Evaluation images go through `MageImageProcessor` (shortest edge to the model size, centre crop), exactly what the
 saved model's processor does at inference. Each training example is augmented with a generator keyed on (seed, epoch,
 example index), so a resumed run sees exactly the pixels an uninterrupted run sees, whatever the worker count.
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageFilter
 
 from .seeding import derive_seed, keyed_generator
 
@@ -363,6 +364,51 @@ def random_resized_crop(
     return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
 
 
+# SimCLR's Gaussian blur: sigma in [0.1, 2.0] px for 224 px images (scaled here to the image size).
+BLUR_SIGMA_RANGE = (0.1, 2.0)
+BLUR_REFERENCE_SIZE = 224
+
+
+def _coin(generator: torch.Generator, probability: float) -> bool:
+    return float(torch.rand((), generator=generator)) < probability
+
+
+@dataclass(frozen=True)
+class ColorAugment:
+    """SimCLR's appearance augmentations, applied after the crop and flip (MAGE-C's views): with probability
+    `jitter_prob`, brightness, contrast and saturation scaled by factors in [1 - jitter, 1 + jitter] and the hue
+    shifted by up to `jitter / 4` of a turn, in a random order; greyscale with probability `grayscale_prob`; a
+    Gaussian blur with probability `blur_prob`. The defaults are SimCLR's ImageNet values (strength 1)."""
+
+    jitter: float = 0.8
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5
+
+    def __call__(self, image: Image.Image, generator: torch.Generator) -> Image.Image:
+        if _coin(generator, self.jitter_prob):
+            factors = (1.0 + self.jitter * (2.0 * torch.rand(3, generator=generator, dtype=torch.float64) - 1.0)).tolist()
+            hue = self.jitter / 4.0 * (2.0 * float(torch.rand((), generator=generator, dtype=torch.float64)) - 1.0)
+            enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+            for op in torch.randperm(4, generator=generator).tolist():
+                image = _shift_hue(image, hue) if op == 3 else enhancers[op](image).enhance(max(factors[op], 0.0))
+        if _coin(generator, self.grayscale_prob):
+            image = image.convert("L").convert("RGB")
+        if _coin(generator, self.blur_prob):
+            low, high = BLUR_SIGMA_RANGE
+            sigma = low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
+            image = image.filter(ImageFilter.GaussianBlur(sigma * image.width / BLUR_REFERENCE_SIZE))
+        return image
+
+
+def _shift_hue(image: Image.Image, fraction: float) -> Image.Image:
+    """Rotate the hue of an RGB image by `fraction` of a turn."""
+    hue, saturation, value = image.convert("HSV").split()
+    offset = round(fraction * 256) % 256
+    hue = hue.point(lambda h: (h + offset) % 256)
+    return Image.merge("HSV", (hue, saturation, value)).convert("RGB")
+
+
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> (3, H, W) float tensor in [0, 1]."""
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
@@ -373,9 +419,11 @@ class ImageTransform:
     """Batch transform for `Dataset.with_transform` / `IterableDataset.map(batched=True, with_indices=True)`.
 
     Training: RandomResizedCrop(`image_size`, scale=(`min_crop_scale`, 1)) + horizontal flip (unless
-    `horizontal_flip` is False), keyed on (seed, epoch, example index). Evaluation:
+    `horizontal_flip` is False), then `color_augment` if given, keyed on (seed, epoch, example index[, view]).
+    With `views` > 1 each example gives that many independently augmented views (MAGE-C). Evaluation:
     `MageImageProcessor.for_image_size(image_size)` (shortest edge to the size, centre crop; small images grow).
-    Returns `pixel_values` (3, S, S) in [0, 1] and, when `label_column` is set, `labels`.
+    Returns `pixel_values` (3, S, S) in [0, 1] — (views, 3, S, S) with several views — and, when `label_column`
+    is set, `labels`.
     """
 
     image_column: str
@@ -386,6 +434,8 @@ class ImageTransform:
     horizontal_flip: bool = True
     seed: int = 0
     epoch: int = 0
+    views: int = 1
+    color_augment: ColorAugment | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -394,7 +444,7 @@ class ImageTransform:
         images = [to_rgb_image(value, self.image_column) for value in batch[self.image_column]]
         if self.train:
             keys = batch[INDEX_COLUMN] if indices is None else indices
-            pixel_values = [self._augment(image, int(key)) for image, key in zip(images, keys)]
+            pixel_values = [self._views(image, int(key)) for image, key in zip(images, keys)]
         else:
             pixel_values = list(self.processor(images, return_tensors="pt")["pixel_values"])
         out: dict[str, list] = {"pixel_values": pixel_values}
@@ -409,11 +459,18 @@ class ImageTransform:
 
         return MageImageProcessor.for_image_size(self.image_size)
 
-    def _augment(self, image: Image.Image, index: int) -> torch.Tensor:
-        generator = keyed_generator(self.seed, "augment", self.epoch, index)
+    def _views(self, image: Image.Image, index: int) -> torch.Tensor:
+        if self.views == 1:
+            return self._augment(image, keyed_generator(self.seed, "augment", self.epoch, index))
+        keys = [keyed_generator(self.seed, "augment", self.epoch, index, view) for view in range(self.views)]
+        return torch.stack([self._augment(image, generator) for generator in keys])
+
+    def _augment(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
         image = random_resized_crop(image, self.image_size, (self.min_crop_scale, 1.0), generator)
         if torch.rand((), generator=generator) < HORIZONTAL_FLIP_PROB and self.horizontal_flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.color_augment is not None:
+            image = self.color_augment(image, generator)
         return image_to_tensor(image)
 
 
@@ -487,6 +544,7 @@ def build_dataloader(
 
 __all__ = [
     "INDEX_COLUMN",
+    "ColorAugment",
     "EpochShuffleSampler",
     "ImageCollator",
     "ImageData",

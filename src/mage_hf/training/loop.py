@@ -110,6 +110,10 @@ class TrainingTask:
         """Put `model` (possibly wrapped) in training mode; frozen parts stay in eval mode."""
         model.train()
 
+    def train_transform_kwargs(self) -> dict[str, Any]:
+        """Extra `ImageTransform` arguments of the training data (e.g. several views per example)."""
+        return {}
+
     def parameter_groups(self, model: nn.Module) -> list[dict]:
         """Optimizer groups; a group may carry `lr_scale` (multiplies the learning rate)."""
         return weight_decay_groups(model, self.args.weight_decay)
@@ -304,6 +308,7 @@ class Trainer:
         self.train_transform = ImageTransform(
             data.image_column, data.label_column, task.image_size, train=True,
             min_crop_scale=args.min_crop_scale, horizontal_flip=not args.no_horizontal_flip, seed=args.seed,
+            **task.train_transform_kwargs(),
         )
         loader_args = {"seed": args.seed, "num_workers": args.dataloader_num_workers,
                        "shuffle_buffer_size": args.shuffle_buffer_size}

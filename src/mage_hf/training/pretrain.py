@@ -1,9 +1,12 @@
 """`mage-hf pretrain`: MAGE masked-token pretraining, optionally class-conditional.
 
-The recipe (spec §6, the paper's ViT-B/L run): AdamW betas (0.9, 0.95), weight decay 0.05, base lr 1.5e-4 per 256
+The recipe (the paper's ViT-B/L run): AdamW betas (0.9, 0.95), weight decay 0.05, base lr 1.5e-4 per 256
 images, 1600 epochs with 40 warm-up epochs then cosine decay, gradient-norm clip 3.0, RandomResizedCrop(scale
 0.2-1) + flip; the VQGAN tokenizer is frozen (and kept in eval mode). The model samples the original masks itself.
-The contrastive variant (MAGE-C) is not implemented.
+
+`--contrastive` trains MAGE-C: two views of each image (crop, flip and SimCLR's colour jitter / greyscale / blur),
+both masked and reconstructed as above in one forward, plus `contrastive_loss_weight` times SimCLR's InfoNCE loss
+between the projected mean encoder outputs of the two views, negatives gathered from every process.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from ..configuration_mage import MageConfig
 from ..modeling_mage import MageForMaskedImageModeling, MageModel
 from ..modeling_vqgan import MageVQModel
 from .arguments import RecipeDefaults, add_training_arguments
-from .data import add_data_arguments
+from .contrastive import info_nce_loss
+from .data import ColorAugment, add_data_arguments
 from .loop import StepContext, StepOutput, TrainingTask, run_training, save_image_processor
 from .seeding import keyed_generator
 
@@ -38,6 +42,21 @@ PRETRAIN_RECIPE = RecipeDefaults(
     min_crop_scale=0.2,
 )
 DEFAULT_MODEL_CONFIG = "vit-b"
+# MAGE-C's head and loss, as we read the paper: a 2-layer MLP on the mean encoder output, InfoNCE weight 0.1 and
+# temperature 0.2 (SimCLR's loss). The projection width follows SimCLR's 2048 -> 256 head.
+CONTRASTIVE_DEFAULTS = {
+    "contrastive_projection_dim": 256,
+    "contrastive_hidden_size": 2048,
+    "contrastive_loss_weight": 0.1,
+    "contrastive_temperature": 0.2,
+}
+# `--contrastive-*` flag -> config field.
+CONTRASTIVE_FLAGS = {
+    "contrastive_weight": "contrastive_loss_weight",
+    "contrastive_temperature": "contrastive_temperature",
+    "contrastive_projection_dim": "contrastive_projection_dim",
+    "contrastive_hidden_size": "contrastive_hidden_size",
+}
 # Keys of a saved MageVQModel config that are bookkeeping, not constructor arguments.
 _VQ_PRIVATE_PREFIX = "_"
 
@@ -51,6 +70,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="condition on `--label-column` (one condition token per class)")
     group.add_argument("--condition-dropout-prob", type=float,
                        help="probability of dropping the class in training (default: the config's, 0.1)")
+    contrastive = parser.add_argument_group("MAGE-C (contrastive co-training)")
+    contrastive.add_argument("--contrastive", action="store_true",
+                             help="add MAGE-C's InfoNCE loss between two augmented views of each image")
+    contrastive.add_argument("--contrastive-weight", type=float,
+                             help=f"weight of the InfoNCE loss (default: the config's, {CONTRASTIVE_DEFAULTS['contrastive_loss_weight']})")
+    contrastive.add_argument("--contrastive-temperature", type=float,
+                             help=f"InfoNCE temperature (default: the config's, {CONTRASTIVE_DEFAULTS['contrastive_temperature']})")
+    contrastive.add_argument("--contrastive-projection-dim", type=int,
+                             help=f"output width of the projection head (a new head: {CONTRASTIVE_DEFAULTS['contrastive_projection_dim']})")
+    contrastive.add_argument("--contrastive-hidden-size", type=int,
+                             help=f"hidden width of the projection head (a new head: {CONTRASTIVE_DEFAULTS['contrastive_hidden_size']})")
+    augment = ColorAugment()
+    contrastive.add_argument("--color-jitter", type=float, default=augment.jitter,
+                             help="brightness / contrast / saturation jitter strength of the views (hue: a quarter)")
+    contrastive.add_argument("--color-jitter-prob", type=float, default=augment.jitter_prob)
+    contrastive.add_argument("--grayscale-prob", type=float, default=augment.grayscale_prob)
+    contrastive.add_argument("--blur-prob", type=float, default=augment.blur_prob)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +133,18 @@ class PretrainingTask(TrainingTask):
             raise ValueError(f"`--condition-dropout-prob` must be in [0, 1], got {p}")
         if p is not None and not args.class_conditional:
             raise ValueError("`--condition-dropout-prob` needs `--class-conditional`")
+        given = [flag for flag in CONTRASTIVE_FLAGS if getattr(args, flag) is not None]
+        if given and not args.contrastive:
+            raise ValueError(f"`--{given[0].replace('_', '-')}` needs `--contrastive`")
+        for flag, low, inclusive in (("contrastive_weight", 0.0, True), ("contrastive_temperature", 0.0, False),
+                                     ("contrastive_projection_dim", 1, True), ("contrastive_hidden_size", 1, True)):
+            value = getattr(args, flag)
+            if value is not None and not (value >= low if inclusive else value > low):
+                raise ValueError(f"`--{flag.replace('_', '-')}` must be {'>=' if inclusive else '>'} {low}, got {value}")
+        for flag in ("color_jitter", "color_jitter_prob", "grayscale_prob", "blur_prob"):
+            value = getattr(args, flag)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"`--{flag.replace('_', '-')}` must be in [0, 1], got {value}")
 
     @classmethod
     def uses_labels(cls, args: argparse.Namespace) -> bool:
@@ -104,7 +152,7 @@ class PretrainingTask(TrainingTask):
 
     def build_model(self) -> MageForMaskedImageModeling:
         args = self.args
-        overrides = self._condition_overrides()
+        overrides = {**self._condition_overrides(), **self._contrastive_overrides()}
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         if args.model is not None:
             self._check_conditioning(MageConfig.from_pretrained(args.model))
@@ -131,6 +179,24 @@ class PretrainingTask(TrainingTask):
         if args.condition_dropout_prob is not None:
             overrides["condition_dropout_prob"] = args.condition_dropout_prob
         return overrides
+
+    def _contrastive_overrides(self) -> dict:
+        """Config fields for MAGE-C: the flags given; a model without a head gets the default head."""
+        args = self.args
+        if not args.contrastive:
+            return {}
+        overrides = {field: getattr(args, flag) for flag, field in CONTRASTIVE_FLAGS.items() if getattr(args, flag) is not None}
+        existing = MageConfig.from_pretrained(args.model) if args.model is not None else None
+        if existing is None or existing.contrastive_projection_dim == 0:
+            overrides = {**CONTRASTIVE_DEFAULTS, **overrides}
+        return overrides
+
+    def train_transform_kwargs(self) -> dict:
+        args = self.args
+        if not args.contrastive:
+            return {}
+        augment = ColorAugment(args.color_jitter, args.color_jitter_prob, args.grayscale_prob, args.blur_prob)
+        return {"views": 2, "color_augment": augment}
 
     def _check_conditioning(self, config: MageConfig) -> None:
         """An unconditional model may become class-conditional; a conditional one keeps its class count."""
@@ -159,8 +225,20 @@ class PretrainingTask(TrainingTask):
         extract_model_from_parallel(model).mage.vqgan.eval()  # the frozen tokenizer never trains
 
     def training_step(self, model, batch, step: StepContext) -> StepOutput:
-        output = model(pixel_values=batch["pixel_values"], class_labels=batch.get("labels"), generator=step.generator)
-        return StepOutput(output.loss)
+        pixel_values, labels = batch["pixel_values"], batch.get("labels")
+        if not self.args.contrastive:
+            output = model(pixel_values=pixel_values, class_labels=labels, generator=step.generator)
+            return StepOutput(output.loss)
+        # (B, 2, C, H, W) -> one forward over both views, view 0 of every image first.
+        views = pixel_values.transpose(0, 1).flatten(0, 1)
+        output = model(
+            pixel_values=views, class_labels=None if labels is None else labels.repeat(2), generator=step.generator
+        )
+        config = extract_model_from_parallel(model).config
+        first, second = output.contrastive_embeds.chunk(2)
+        contrastive = info_nce_loss(first, second, config.contrastive_temperature)
+        loss = output.loss + config.contrastive_loss_weight * contrastive
+        return StepOutput(loss, {"token_loss": output.loss.detach(), "contrastive_loss": contrastive.detach()})
 
     @torch.no_grad()
     def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
@@ -188,4 +266,4 @@ class PretrainingTask(TrainingTask):
         save_image_processor(model.config.image_size, save_dir)
 
 
-__all__ = ["PRETRAIN_RECIPE", "PretrainingTask", "add_arguments", "load_config", "load_tokenizer", "run"]
+__all__ = ["CONTRASTIVE_DEFAULTS", "PRETRAIN_RECIPE", "PretrainingTask", "add_arguments", "load_config", "load_tokenizer", "run"]
