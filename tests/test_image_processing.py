@@ -1,4 +1,5 @@
-"""Tests for `MageImageProcessor`: RGB pixels in [0, 1], shortest-edge resize + center crop, no normalisation."""
+"""Tests for `MageImageProcessor`: pixels in [0, 1], shortest-edge resize + centre crop, no normalisation, and a
+reference fixture of the processor's outputs from before its rewrite onto `PilBackend`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import PIL.Image
 import pytest
 import torch
 from transformers import AutoImageProcessor, PreTrainedConfig
+from transformers.image_utils import SizeDict
 
 from mage_hf.image_processing_mage import MageImageProcessor
 
@@ -36,7 +38,7 @@ def check_pixels(pixel_values: torch.Tensor, batch: int, size: int = S) -> None:
     assert pixel_values.min() >= 0.0 and pixel_values.max() <= 1.0
 
 
-def test_defaults_match_mage_eval_transform():
+def test_defaults_are_the_pretraining_and_generation_view():
     processor = MageImageProcessor()
     assert processor.do_resize and processor.do_center_crop and processor.do_rescale and processor.do_convert_rgb
     assert dict(processor.size) == {"shortest_edge": 256}
@@ -158,6 +160,54 @@ def test_rgba_array_drops_alpha(processor):
     torch.testing.assert_close(out[0], torch.from_numpy(rgba[..., :3]).permute(2, 0, 1).float() / 255)
 
 
+def test_channels_pass_through_without_rgb_conversion(processor):
+    """`do_convert_rgb=False` keeps any channel count (transformers' `test_call_numpy_4_channels`); each channel is
+    processed as it would be inside an RGB image."""
+    rgba = random_uint8(40, 52, channels=4)
+    out = processor(rgba, do_convert_rgb=False, return_tensors="pt")["pixel_values"]
+    assert out.shape == (1, 4, S, S)
+    rgb = processor(np.ascontiguousarray(rgba[..., :3]), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(out[:, :3], rgb, rtol=0, atol=0)
+    alpha = processor(np.ascontiguousarray(rgba[..., 3]), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(out[:, 3], alpha[:, 0], rtol=0, atol=0)
+    pil = processor(PIL.Image.fromarray(rgba), do_convert_rgb=False, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pil, out, rtol=0, atol=0)
+    for image, channels in [(random_uint8(S, S, channels=0), 1), (torch.rand(1, 40, 40), 1),
+                            (PIL.Image.new("LA", (40, 36)), 2), (np.random.default_rng(0).random((5, 36, 40)), 5)]:
+        out = processor(image, do_convert_rgb=False, input_data_format="channels_first" if channels == 5 else None,
+                        return_tensors="pt")["pixel_values"]
+        assert out.shape == (1, channels, S, S) and 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_center_crop_rounds_offsets_like_torchvision(processor):
+    """Offsets `round((H - crop) / 2)` as torchvision's `CenterCrop` (Python rounding: 3.5 -> 4, 2.5 -> 2), where
+    transformers floors them; smaller images are padded `d // 2` before and the rest after."""
+    image = np.arange(39 * 37, dtype=np.float32).reshape(1, 39, 37)
+    cropped = processor.center_crop(image, SizeDict(height=32, width=32))
+    np.testing.assert_array_equal(cropped, image[:, 4:36, 2:34])  # (39 - 32) / 2 = 3.5, (37 - 32) / 2 = 2.5
+    padded = processor.center_crop(np.ones((1, 3, 4), dtype=np.float32), SizeDict(height=6, width=8))
+    np.testing.assert_array_equal(padded[0].sum(1), [0, 4, 4, 4, 0, 0])
+    np.testing.assert_array_equal(padded[0].sum(0), [0, 0, 3, 3, 3, 3, 0, 0])
+
+
+def test_for_evaluation_is_the_original_eval_transform():
+    """main_linprobe.py: `Resize(292, interpolation=3)`, `CenterCrop(256)`, `ToTensor()`; 292 = int(256 / 0.875)."""
+    processor = MageImageProcessor.for_evaluation()
+    assert dict(processor.size) == {"shortest_edge": 292}
+    assert dict(processor.crop_size) == {"height": 256, "width": 256}
+    assert dict(MageImageProcessor.for_evaluation(32).size) == {"shortest_edge": 36}
+    assert dict(MageImageProcessor.for_evaluation(224).size) == {"shortest_edge": 256}
+    assert processor.to_dict() == MageImageProcessor.for_image_size(256, crop_fraction=0.875).to_dict()
+    array = random_uint8(300, 400)  # shortest edge 300 -> 292, long edge int(292 * 400 / 300) = 389
+    out = processor(PIL.Image.fromarray(array), return_tensors="np")["pixel_values"][0]
+    resized = np.asarray(PIL.Image.fromarray(array).resize((389, 292), resample=PIL.Image.Resampling.BICUBIC))
+    top, left = round((292 - 256) / 2), round((389 - 256) / 2)
+    expected = resized[top : top + 256, left : left + 256].transpose(2, 0, 1).astype(np.float32) / 255
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="crop_fraction"):
+        MageImageProcessor.for_image_size(256, crop_fraction=1.5)
+
+
 def test_non_square_image_resize_and_center_crop(processor):
     """A 100x60 (width x height) image: shortest edge 60 -> 32, width int(32 * 100 / 60) = 53, then the center
     32x32 crop with torchvision's rounded offsets."""
@@ -263,6 +313,17 @@ def test_postprocess_round_trip(processor):
     assert processor.postprocess_images(pixel_values, output_type="pt").shape == (2, 3, S, S)
 
 
+def test_postprocess_other_channel_counts(processor):
+    gray, rgba = torch.rand(2, 1, 8, 8), torch.rand(1, 4, 8, 6)
+    images = processor.postprocess(gray)
+    assert [image.mode for image in images] == ["L", "L"] and images[0].size == (8, 8)
+    np.testing.assert_array_equal(np.asarray(images[1]), (gray[1, 0].numpy() * 255).round().astype(np.uint8))
+    (image,) = processor.postprocess(rgba)
+    assert image.mode == "RGBA" and image.size == (6, 8)
+    np.testing.assert_array_equal(np.asarray(image), (rgba[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    assert processor.postprocess(torch.rand(2, 5, 8, 8), output_type="np").shape == (2, 8, 8, 5)
+
+
 def test_postprocess_clips_and_accepts_numpy_and_single_images(processor):
     wild = torch.linspace(-2, 3, 3 * 8 * 8).reshape(3, 8, 8)
     out = processor.postprocess(wild, output_type="pt")
@@ -307,8 +368,10 @@ def test_bad_settings_raise(processor):
         processor(random_uint8(S, S), crop_size={"height": 0, "width": 8})
     with pytest.raises(ValueError, match="do_rescale"):
         processor(random_uint8(S, S), do_rescale=False)  # uint8 values 0..255 are not in [0, 1]
-    with pytest.raises(ValueError, match="images"):
-        processor(random_uint8(S, S, channels=0).astype(np.uint8)[..., None].repeat(4, -1), do_convert_rgb=False)
+    with pytest.raises(ValueError, match="images.*channels"):  # 5 channels cannot become RGB
+        processor(random_uint8(S, S, channels=5), input_data_format="channels_last")
+    with pytest.raises(ValueError, match="images.*input_data_format"):  # 5 channels are not found by themselves
+        processor(random_uint8(S, S, channels=5), do_convert_rgb=False)
     with pytest.raises(ValueError, match="images.*shapes"):
         processor([random_uint8(S, S), random_uint8(20, 20)], do_resize=False, do_center_crop=False,
                   return_tensors="pt")
@@ -317,8 +380,10 @@ def test_bad_settings_raise(processor):
 def test_bad_postprocess_arguments_raise(processor):
     with pytest.raises(ValueError, match="output_type"):
         processor.postprocess(torch.rand(1, 3, 4, 4), output_type="latent")
+    with pytest.raises(ValueError, match="images.*PIL"):
+        processor.postprocess(torch.rand(1, 2, 4, 4))
     with pytest.raises(ValueError, match="images"):
-        processor.postprocess(torch.rand(1, 4, 4, 4))
+        processor.postprocess(torch.rand(4, 4))
     with pytest.raises(TypeError, match="images"):
         processor.postprocess([torch.rand(3, 4, 4)])
     with pytest.raises(TypeError, match="images"):
