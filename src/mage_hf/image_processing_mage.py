@@ -1,9 +1,6 @@
-"""Image processor for MAGE: pixels in [0, 1] at the model's square size, with no mean/std normalisation.
-
-The recipe is in class attributes, as in transformers' CLIP processor; the methods are only what MAGE needs beyond
-`PilBackend`: torchvision's centre crop, float input already in [0, 1] (the original feeds `ToTensor()` output), RGB
-as `Image.convert("RGB")` makes it, any channel count without RGB conversion, and errors that name the argument.
-"""
+"""Image processor for MAGE: a `PilBackend` whose recipe is in class attributes (as transformers' CLIP processor's);
+its methods are only what MAGE needs beyond the backend: torchvision's centre crop, float input already in [0, 1]
+(the original feeds `ToTensor()` output), RGB as `Image.convert("RGB")` makes it, and errors naming the argument."""
 
 from __future__ import annotations
 
