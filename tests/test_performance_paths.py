@@ -175,6 +175,33 @@ def test_compile_transformer_matches_eager(pipe):
     assert (images - reference).abs().max() < 1e-4
 
 
+@pytest.mark.slow  # one inductor compile of the whole step
+def test_compiled_decoding_step_is_one_graph_with_the_eager_tokens(pipe):
+    """`compile_decoding_step`: transformer + guidance + scheduler maths compile with fullgraph=True into ONE graph
+    for every step (step index and guidance are tensors); the tokens equal eager decoding's for the same
+    generators, with a guidance ramp and editing (`latents` with known tokens)."""
+    import torch._dynamo
+
+    conditional = copy.deepcopy(pipe)
+    kwargs = dict(num_inference_steps=STEPS, output_type="latent")
+    config = pipe.transformer.config
+    start = torch.randint(0, config.codebook_size, (3, config.num_image_tokens), generator=torch.Generator().manual_seed(1))
+    start[:, : config.num_image_tokens // 2] = config.mask_token_id
+    eager = [conditional(generator=_generators(3), batch_size=3, **kwargs).images,
+             conditional(generator=_generators(3), latents=start, **kwargs).images]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert conditional.compile_decoding_step(dynamic=False) is conditional and conditional.decoding_step_is_compiled
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = [conditional(generator=_generators(3), batch_size=3, **kwargs).images,
+                    conditional(generator=_generators(3), latents=start, **kwargs).images]
+    assert torch.equal(compiled[0], eager[0]) and torch.equal(compiled[1], eager[1])
+    assert torch.equal(compiled[1][:, config.num_image_tokens // 2:], start[:, config.num_image_tokens // 2:])
+    # one graph for the plain start, one for the editing start (its per-image masked counts): not one per step
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+
+
 # --------------------------------------------------------------------------------------- mage-hf generate
 
 

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
                         help="run the pipeline under torch.autocast in this dtype (weights stay as --dtype)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the transformer (the first batch, and a smaller last one, compile)")
+                        help="torch.compile the decoding step (the first batch, and a smaller last one, compile)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=args.no_progress)
     if args.compile:
-        pipe.compile_transformer(dynamic=False)
+        pipe.compile_decoding_step(dynamic=False)
     conditional = pipe.transformer.config.num_condition_classes > 0
     labels = _labels(args.class_label)
     kwargs = {}

@@ -89,6 +89,7 @@ class MagePipeline(DiffusionPipeline):
             )
         self.image_processor = MageImageProcessor.for_image_size(config.image_size)
         self.labels = self._label_names(config)
+        self._compiled_decode_step = None
 
     @classmethod
     def from_masked_image_model(cls, model: MageForMaskedImageModeling, **scheduler_kwargs: Any) -> "MagePipeline":
@@ -105,6 +106,23 @@ class MagePipeline(DiffusionPipeline):
         transformer.to(dtype=model.dtype).eval()
         scheduler = MageScheduler(mask_token_id=config.mask_token_id, **scheduler_kwargs)
         return cls(vqvae=model.mage.vqgan, transformer=transformer, scheduler=scheduler)
+
+    def compile_decoding_step(self, **compile_kwargs: Any) -> "MagePipeline":
+        """`torch.compile` the whole decoding step: the transformer, classifier-free guidance and the scheduler's
+        tensor math (`decode_step`), `fullgraph=True` by default; returns the pipeline.
+
+        The step has no host synchronisation and one graph serves every step (step index and guidance scale are
+        tensors), so `mode="reduce-overhead"` (CUDA graphs) can replay it; randomness is drawn outside the graph
+        from the generators, so the tokens equal eager decoding's for the same generators. A new batch size or
+        `num_images_per_prompt` compiles again (guidance doubles the batch the transformer sees).
+        """
+        self._compiled_decode_step = torch.compile(self.decode_step, **{"fullgraph": True, **compile_kwargs})
+        return self
+
+    @property
+    def decoding_step_is_compiled(self) -> bool:
+        """Whether `compile_decoding_step` was applied."""
+        return self._compiled_decode_step is not None
 
     def compile_transformer(self, **compile_kwargs: Any) -> "MagePipeline":
         """`torch.compile` the transformer in place (`nn.Module.compile`, so parameter names and
@@ -382,6 +400,24 @@ class MagePipeline(DiffusionPipeline):
             logits = unconditional + guidance * (conditional - unconditional)
         return logits
 
+    def decode_step(
+        self,
+        latents: torch.LongTensor,
+        condition_ids: torch.LongTensor,
+        step_index: torch.Tensor,
+        noise: torch.Tensor,
+        guidance: torch.Tensor,
+        choice_temperature: float | None = None,
+        sampling_temperature: float | None = None,
+        num_masked_at_start: torch.LongTensor | None = None,
+    ) -> torch.LongTensor:
+        """One decoding step from drawn `noise` (see `MageScheduler.step_with_noise`): (B, N) ids -> (B, N) ids.
+        `step_index` and `guidance` are 0-d tensors, so `compile_decoding_step` makes one graph for every step."""
+        logits = self.predict_logits(latents, condition_ids, guidance)
+        return self.scheduler.step_with_noise(
+            logits, step_index, latents, noise, choice_temperature, sampling_temperature, num_masked_at_start
+        )[0]
+
     @torch.no_grad()
     def decode_tokens(self, latents: torch.LongTensor, output_type: str = "pil"):
         """(B, N) codebook ids -> images clipped to [0, 1] as a PIL list, (B, H, W, C) numpy or (B, C, H, W) torch."""
@@ -486,14 +522,20 @@ class MagePipeline(DiffusionPipeline):
             num_prompts, num_images_per_prompt, device, timesteps[0], image, mask_image, latents, generator
         )
 
-        # 5. Decoding loop
+        # 5. Decoding loop: the randomness is drawn eagerly (per-image generators), the step itself is tensor
+        # operations only (no host sync; one graph for every step when compiled)
+        step_indices = torch.arange(num_inference_steps, device=device)
+        guidances = torch.tensor(
+            [self._guidance_at(index, guidance_schedule) for index in range(num_inference_steps)], device=device
+        )
+        decode_step = self._compiled_decode_step or self.decode_step
         for i, timestep in enumerate(self.progress_bar(timesteps)):
-            guidance = self._guidance_at(first_step + i, guidance_schedule)
-            logits = self.predict_logits(latents, condition_ids, guidance)
-            latents = self.scheduler.step(
-                logits, timestep, latents, generator=generator, choice_temperature=choice_temperature,
-                sampling_temperature=sampling_temperature, num_masked_at_start=num_masked_at_start,
-            ).prev_sample
+            step_index = first_step + i
+            noise = self.scheduler.draw_noise(tuple(latents.shape), generator, device)
+            latents = decode_step(
+                latents, condition_ids, step_indices[step_index], noise, guidances[step_index],
+                choice_temperature, sampling_temperature, num_masked_at_start,
+            )
             if callback_on_step_end is not None:
                 available = {"latents": latents}
                 callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}

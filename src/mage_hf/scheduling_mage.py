@@ -34,6 +34,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from .input_checks import check_id_range
 from .masking import (
     MASK_SCHEDULES,
     GeneratorType,
@@ -129,13 +130,17 @@ class MageScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.arange(num_inference_steps, dtype=torch.long, device=device).flip(0)
 
-    def step_index(self, timestep: int | torch.Tensor) -> int:
-        """0-based position in the decoding of `timestep` (a value of `self.timesteps`): `T - 1 - timestep`."""
+    def step_index(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """0-based position in the decoding of `timestep` (a value of `self.timesteps`): `T - 1 - timestep`.
+
+        An int gives an int (range-checked); a 0-d tensor gives a 0-d tensor, without reading it back to the host
+        (its range is checked in eager mode only)."""
         num_steps = self._require_steps()
         if torch.is_tensor(timestep):
             if timestep.numel() != 1:
                 raise ValueError(f"`timestep` must be a single step, got a tensor of shape {tuple(timestep.shape)}")
-            timestep = int(timestep.item())
+            check_id_range("timestep", timestep, 0, num_steps, "num_inference_steps")
+            return num_steps - 1 - timestep.reshape(())
         if isinstance(timestep, bool) or not isinstance(timestep, int) or not 0 <= timestep < num_steps:
             raise ValueError(f"`timestep` must be an int in [0, {num_steps}) (see `timesteps`), got {timestep!r}")
         return num_steps - 1 - timestep
@@ -162,11 +167,11 @@ class MageScheduler(SchedulerMixin, ConfigMixin):
         Args:
             model_output (`torch.Tensor` of shape `(batch_size, num_tokens, codebook_size)`): the transformer's
                 logits over the codebook (already sliced to the codebook columns).
-            timestep (`int`): a value of `self.timesteps` (T - 1 at the first step, 0 at the last).
+            timestep (`int` or 0-d tensor): a value of `self.timesteps` (T - 1 at the first step, 0 at the last).
             sample (`torch.LongTensor` of shape `(batch_size, num_tokens)`): current ids, `mask_token_id` where
                 unknown.
-            generator: `None`, a `torch.Generator`, or a list of `batch_size` generators (sample b draws its token
-                sample, then its Gumbel noise, from `generator[b]`; a batch of one with `[g]` equals one with `g`).
+            generator: `None`, a `torch.Generator`, or a list of `batch_size` generators (sample b draws its
+                `(num_tokens, 2)` uniforms from `generator[b]`; a batch of one with `[g]` equals one with `g`).
             choice_temperature, sampling_temperature: override the config values for this step.
             num_masked_at_start (`torch.LongTensor` of shape `(batch_size,)`, *optional*): tokens that were unknown
                 before the first step (editing); the schedule scales this count instead of `num_tokens` (the
@@ -176,22 +181,54 @@ class MageScheduler(SchedulerMixin, ConfigMixin):
         Returns:
             `prev_sample` (ids for the next step, re-masked; no mask id after the last step) and
             `pred_original_sample` (all ids known), both `(batch_size, num_tokens)` long.
+
+        The randomness is drawn here ([`draw_noise`]); the rest is [`step_with_noise`], a pure tensor function.
         """
-        num_steps = self._require_steps()
-        step_index = self.step_index(timestep)
-        logits = model_output
-        if logits.ndim != 3:
+        if model_output.ndim != 3:
             raise ValueError(
-                f"`model_output` must be (batch_size, num_tokens, codebook_size), got {tuple(logits.shape)}"
+                f"`model_output` must be (batch_size, num_tokens, codebook_size), got {tuple(model_output.shape)}"
             )
+        step_index = self.step_index(timestep)
+        noise = self.draw_noise(tuple(model_output.shape[:2]), generator, model_output.device)
+        prev_sample, sampled = self.step_with_noise(
+            model_output, step_index, sample, noise, choice_temperature, sampling_temperature, num_masked_at_start
+        )
+        if not return_dict:
+            return prev_sample, sampled
+        return MageSchedulerOutput(prev_sample=prev_sample, pred_original_sample=sampled)
+
+    @staticmethod
+    def draw_noise(shape: tuple[int, int], generator: GeneratorType, device: torch.device | str) -> torch.Tensor:
+        """(B, N, 2) U(0, 1): per token, the uniform of its categorical sample and the one of its Gumbel noise
+        (per sample from `generator[b]` when a list is given)."""
+        check_generators(generator, shape[0])
+        return rand_tensor((*shape, 2), generator, device)
+
+    def step_with_noise(
+        self,
+        model_output: torch.Tensor,
+        step_index: int | torch.Tensor,
+        sample: torch.LongTensor,
+        noise: torch.Tensor,
+        choice_temperature: float | None = None,
+        sampling_temperature: float | None = None,
+        num_masked_at_start: torch.LongTensor | None = None,
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """The step given its uniforms `noise` (B, N, 2) and 0-based `step_index` (an int or a 0-d tensor):
+        `(prev_sample, pred_original_sample)`. Tensor operations only, with no read-back to the host, so it runs
+        under `torch.compile(fullgraph=True)` and in CUDA graphs (one graph for every step when `step_index` is a
+        tensor). The token sample is the inverse CDF of `softmax(logits / sampling_temperature)` at `noise[..., 0]`;
+        the Gumbel noise of the re-masking choice is `-log(-log(noise[..., 1]))`."""
+        num_steps = self._require_steps()
+        logits = model_output
         if sample.ndim != 2 or tuple(sample.shape) != tuple(logits.shape[:2]):
             raise ValueError(
                 f"`sample` shape {tuple(sample.shape)} does not match `model_output` shape {tuple(logits.shape)}"
             )
         if sample.dtype.is_floating_point or sample.dtype == torch.bool:
             raise ValueError(f"`sample` must be an integer tensor, got {sample.dtype}")
-        batch_size, num_tokens, _ = logits.shape
-        generators = check_generators(generator, batch_size)
+        if tuple(noise.shape) != (*sample.shape, 2):
+            raise ValueError(f"`noise` must have shape {(*sample.shape, 2)}, got {tuple(noise.shape)}")
         choice_temperature = self.config.choice_temperature if choice_temperature is None else choice_temperature
         sampling_temperature = (
             self.config.sampling_temperature if sampling_temperature is None else sampling_temperature
@@ -203,40 +240,36 @@ class MageScheduler(SchedulerMixin, ConfigMixin):
         sample = sample.to(device=device, dtype=torch.long)
         unknown = sample == mask_id
         logits = logits.float()
+        codebook_size = logits.shape[-1]
 
-        # 1-2. sample every token, keep the known ones; draw the Gumbel uniforms from the same generator.
-        sampling_probs = torch.softmax(logits / sampling_temperature, dim=-1)
-        sampled, uniform = _draw(sampling_probs, generators, generator)
+        # 1-2. sample every token (inverse CDF), keep the known ones.
+        cdf = torch.softmax(logits / sampling_temperature, dim=-1).cumsum(dim=-1)
+        sampled = (cdf < noise[..., :1]).sum(dim=-1).clamp_max(codebook_size - 1)
         sampled = torch.where(unknown, sampled, sample)
 
-        if step_index == num_steps - 1:
-            # Last step: the original returns `sampled`, so nothing is re-masked.
-            prev_sample = sampled
-        else:
-            # 3. how many stay masked, per sample.
-            ratio = (step_index + 1) / num_steps
-            unknown_count = unknown.sum(dim=-1)
-            if num_masked_at_start is None:
-                mask_len = torch.full_like(unknown_count, self.mask_len(step_index, num_tokens))
-            else:
-                ratio_left = float(self.mask_ratio(ratio))
-                mask_len = torch.floor(num_masked_at_start.to(device).double() * ratio_left).long().clamp_min(0)
-            mask_len = torch.clamp(torch.minimum(unknown_count - 1, mask_len), min=1)
+        # 3. how many stay masked, per sample: floor(count * mask_ratio((t + 1) / T)), clamped to [1, unknown - 1].
+        step = torch.as_tensor(step_index, dtype=torch.float64, device=device)
+        ratio = (step + 1) / num_steps
+        count = (
+            torch.full_like(unknown[:, 0], sample.shape[1], dtype=torch.float64)
+            if num_masked_at_start is None
+            else num_masked_at_start.to(device=device, dtype=torch.float64)
+        )
+        mask_len = torch.floor(count * self.mask_ratio(ratio)).long().clamp_min(0)
+        mask_len = torch.clamp(torch.minimum(unknown.sum(dim=-1) - 1, mask_len), min=1)
 
-            # 4. re-mask the least confident new tokens.
-            probs = torch.softmax(logits, dim=-1)
-            selected = torch.gather(probs, -1, sampled[..., None]).squeeze(-1)
-            confidence = torch.log(selected) + choice_temperature * (1.0 - ratio) * gumbel_noise(uniform)
-            confidence = torch.where(unknown, confidence, torch.full_like(confidence, math.inf))
-            sorted_confidence = torch.sort(confidence, dim=-1).values
-            cut_off = torch.gather(sorted_confidence, -1, (mask_len - 1)[:, None])
-            # `& unknown`: a sample with no unknown token (cut-off +inf) must not re-mask its known tokens.
-            masking = (confidence <= cut_off) & unknown
-            prev_sample = torch.where(masking, torch.full_like(sampled, mask_id), sampled)
-
-        if not return_dict:
-            return prev_sample, sampled
-        return MageSchedulerOutput(prev_sample=prev_sample, pred_original_sample=sampled)
+        # 4. re-mask the least confident new tokens (nothing at the last step: the original returns `sampled`).
+        probs = torch.softmax(logits, dim=-1)
+        selected = torch.gather(probs, -1, sampled[..., None]).squeeze(-1)
+        annealed = (choice_temperature * (1.0 - ratio)).to(selected.dtype)
+        confidence = torch.log(selected) + annealed * gumbel_noise(noise[..., 1])
+        confidence = torch.where(unknown, confidence, torch.full_like(confidence, math.inf))
+        sorted_confidence = torch.sort(confidence, dim=-1).values
+        cut_off = torch.gather(sorted_confidence, -1, (mask_len - 1)[:, None])
+        # `& unknown`: a sample with no unknown token (cut-off +inf) must not re-mask its known tokens.
+        masking = (confidence <= cut_off) & unknown & (step < num_steps - 1)
+        prev_sample = torch.where(masking, torch.full_like(sampled, mask_id), sampled)
+        return prev_sample, sampled
 
     # ------------------------------------------------------------------ editing
     def add_noise(
@@ -293,23 +326,3 @@ def _check_temperatures(choice_temperature: float, sampling_temperature: float) 
         or not sampling_temperature > 0
     ):
         raise ValueError(f"`sampling_temperature` must be a number > 0, got {sampling_temperature!r}")
-
-
-def _draw_one(probs: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., K) probs -> (...) categorical ids, then (...) U(0, 1), both drawn from `generator` on its device."""
-    device = probs.device
-    gen_device = generator.device if generator is not None else device
-    flat = probs.reshape(-1, probs.shape[-1]).to(gen_device)
-    ids = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1]).to(device)
-    uniform = rand_tensor(tuple(probs.shape[:-1]), generator, device)
-    return ids, uniform
-
-
-def _draw(
-    probs: torch.Tensor, generators: list[torch.Generator] | None, generator: GeneratorType
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N, K) probs -> (B, N) sampled ids and (B, N) uniforms; per sample when `generators` is a list."""
-    if generators is None:
-        return _draw_one(probs, generator)
-    pairs = [_draw_one(probs[b], g) for b, g in enumerate(generators)]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
