@@ -48,12 +48,8 @@ AutoModelForPreTraining.register(MageConfig, MageForMaskedImageModeling, exist_o
 for _component in (MagePipeline, MageScheduler, MageVQModel):
     if not hasattr(diffusers, _component.__name__):
         setattr(diffusers, _component.__name__, _component)
-# Both backends map to our PIL processor: MAGE needs no torchvision.
-AutoImageProcessor.register(
-    MageConfig,
-    image_processor_classes={"pil": MageImageProcessor, "torchvision": MageImageProcessor},
-    exist_ok=True,
-)
+# Only the PIL backend exists: a torch/torchvision backend is not claimed (transformers 5's needs torchvision).
+AutoImageProcessor.register(MageConfig, image_processor_classes={"pil": MageImageProcessor}, exist_ok=True)
 
 __all__ = [
     "DEFAULT_MODEL",
