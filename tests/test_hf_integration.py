@@ -406,3 +406,50 @@ def test_image_processor_claims_only_the_pil_backend(tmp_path, caplog):
         transformers_logging.disable_propagation()
     assert isinstance(processor, mage_hf.MageImageProcessor) and processor.backend == "pil"
     assert "torchvision backend is not available" in caplog.text
+
+
+def test_vqgan_slicing_decodes_one_image_at_a_time_with_the_same_output():
+    """`enable_slicing()` (diffusers' AutoencoderMixin): the decoder never sees more than one image, so memory stays
+    flat in the batch; the images are the batched ones."""
+    torch.manual_seed(SEED)
+    vq = MageVQModel(block_out_channels=(32, 32, 64), layers_per_block=1, latent_channels=32, num_vq_embeddings=64,
+                     sample_size=32).eval()
+    pixels = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        ids, batched = vq.tokenize(pixels), vq.decode_indices(vq.tokenize(pixels))
+    seen = []
+    hooks = [module.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+             for module in (vq.encoder, vq.decoder)]
+    vq.enable_slicing()
+    with torch.no_grad():
+        assert torch.equal(vq.tokenize(pixels), ids)
+        sliced = vq.decode_indices(ids)
+    for hook in hooks:
+        hook.remove()
+    assert set(seen) == {1} and len(seen) == 8
+    assert (sliced - batched).abs().max() <= 1e-5
+    vq.disable_slicing()
+    assert not vq.use_slicing
+
+
+@pytest.mark.slow
+def test_compiled_vqgan_convs_match_eager():
+    """`compile_convs()` (inductor fuses GroupNorm + SiLU + conv): the same tokens and decoded images (fp32), and a
+    bfloat16 decode within bf16 tolerance of fp32."""
+    torch.manual_seed(SEED)
+    config = dict(block_out_channels=(32, 32, 64), layers_per_block=1, latent_channels=32, num_vq_embeddings=64,
+                  sample_size=32)
+    eager = MageVQModel(**config).eval()
+    compiled = MageVQModel(**config).eval()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_convs(dynamic=False)
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        ids = eager.tokenize(pixels)
+        assert torch.equal(compiled.tokenize(pixels), ids)
+        assert (compiled.decode_indices(ids) - eager.decode_indices(ids)).abs().max() <= 1e-4
+        low = MageVQModel(**config).eval()
+        low.load_state_dict(eager.state_dict())
+        low.to(torch.bfloat16)
+        error = (low.decode_indices(ids).float() - eager.decode_indices(ids)).abs()
+        assert error.mean() <= 1e-2 and error.max() <= 1e-1  # bf16 keeps ~3 significant digits per layer

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput
 from diffusers.models.autoencoders.vq_model import VQEncoderOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
@@ -181,13 +181,18 @@ class MageVQOutput(BaseOutput):
     indices: torch.LongTensor | None = None
 
 
-class MageVQModel(ModelMixin, ConfigMixin):
+class MageVQModel(ModelMixin, AutoencoderMixin, ConfigMixin):
     r"""
     MAGE's VQGAN tokenizer. Pixels are RGB in **[0, 1]** (no mean/std normalisation).
 
     Same method names as diffusers' `VQModel` (`encode(x).latents`, `decode(z, force_not_quantize).sample`), plus
     token-level helpers: `tokenize` (B, C, H, W) -> (B, N) and `decode_indices` (B, N) -> (B, C, H, W), with
     N = (H / f) * (W / f), f = 2 ** (len(block_out_channels) - 1) (16 for the release: 256 px -> 16x16 tokens).
+
+    Memory and speed: `enable_slicing()` (diffusers' `AutoencoderMixin`) encodes and decodes a batch one image at a
+    time, so peak memory does not grow with the batch; `compile_convs(**kwargs)` `torch.compile`s the encoder and
+    decoder (GroupNorm + SiLU + conv fused by inductor). The convs run channels-last; load with `dtype=bfloat16`
+    for bf16 convs.
 
     Example:
     ```python
@@ -238,6 +243,19 @@ class MageVQModel(ModelMixin, ConfigMixin):
             out_channels, block_out_channels, layers_per_block, latent_channels, norm_num_groups, norm_eps
         )
         self.quantizer = MageVectorQuantizer(num_vq_embeddings, vq_embed_dim)
+        self.use_slicing = False
+
+    def compile_convs(self, **compile_kwargs) -> "MageVQModel":
+        """`torch.compile` the encoder and decoder in place (`nn.Module.compile`: names and saving unchanged)."""
+        self.encoder.compile(**compile_kwargs)
+        self.decoder.compile(**compile_kwargs)
+        return self
+
+    def _sliced(self, module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """`module(inputs)`, one image at a time when slicing is enabled."""
+        if not self.use_slicing or inputs.shape[0] <= 1:
+            return module(inputs)
+        return torch.cat([module(chunk) for chunk in inputs.split(1)])
 
     @property
     def downsample_factor(self) -> int:
@@ -264,7 +282,7 @@ class MageVQModel(ModelMixin, ConfigMixin):
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> VQEncoderOutput | tuple[torch.Tensor]:
         """(B, C, H, W) pixels in [0, 1] -> `latents` (B, latent_channels, H / f, W / f), before quantisation."""
         self._check_pixel_values(x)
-        latents = self.encoder(x.to(self.dtype))
+        latents = self._sliced(self.encoder, x.to(self.dtype))
         return VQEncoderOutput(latents=latents) if return_dict else (latents,)
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.LongTensor]:
@@ -282,7 +300,7 @@ class MageVQModel(ModelMixin, ConfigMixin):
             )
         if not force_not_quantize:
             z, _ = self.quantizer(z)
-        sample = self.decoder(z)
+        sample = self._sliced(self.decoder, z)
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 
     @apply_forward_hook
@@ -312,7 +330,7 @@ class MageVQModel(ModelMixin, ConfigMixin):
             raise ValueError(f"`grid_size` {tuple(grid_size)} does not hold {ids.shape[1]} tokens")
         check_id_range("ids", ids, 0, self.config.num_vq_embeddings, "num_vq_embeddings")
         latents = self.quantizer.lookup(ids.long(), *grid_size)
-        return self.decoder(latents)
+        return self._sliced(self.decoder, latents)
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True) -> MageVQOutput | tuple:
         """Encode, quantise and decode (B, C, H, W) pixels; returns the reconstruction and the VQ loss."""
