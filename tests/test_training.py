@@ -456,6 +456,7 @@ def test_accelerate_configs_parse():
     for path in configs:
         config = load_config_from_file(str(path))
         assert config.num_processes >= 1, path.name
-    fsdp = load_config_from_file(str(REPO_ROOT / "configs" / "accelerate" / "fsdp_vit_l.yaml"))
+    fsdp = load_config_from_file(str(REPO_ROOT / "configs" / "accelerate" / "fsdp2_vit_l.yaml"))
     assert fsdp.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "MageLayer"
+    assert fsdp.fsdp_config["fsdp_version"] == 2
     assert MageConfig.from_preset("vit-l").num_hidden_layers == 24
