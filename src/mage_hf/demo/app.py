@@ -47,28 +47,26 @@ PIPELINE_QUEUE, FEATURES_QUEUE = "mage-pipeline", "mage-features"  # one request
 NOT_AN_IMAGE = "This file is not an image the demo can read: use a PNG, JPEG, WebP or BMP picture."
 
 
-class ImageInput(gr.Image):
-    """`gr.Image` whose unreadable uploads become a message (rendered by the frontend's Image component)."""
+def readable_uploads(component: gr.components.Component) -> gr.components.Component:
+    """Make an image component answer an unreadable upload with a message (its `preprocess` opens the file with
+    PIL, which would fail with a traceback). Wraps the instance's method: a subclass would make gradio write a
+    `.pyi` stub beside this module."""
+    preprocess = component.preprocess
 
-    is_template = True
-
-    def preprocess(self, payload):
+    def checked(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except (OSError, PIL.Image.DecompressionBombError) as error:
             raise gr.Error(NOT_AN_IMAGE, print_exception=False) from error
 
+    component.preprocess = checked
+    return component
 
-class MaskEditor(gr.ImageEditor):
-    """`gr.ImageEditor` whose unreadable uploads become a message (rendered by the frontend's ImageEditor)."""
 
-    is_template = True
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except (OSError, PIL.Image.DecompressionBombError) as error:
-            raise gr.Error(NOT_AN_IMAGE, print_exception=False) from error
+def image_input(elem_id: str) -> gr.Image:
+    """An image upload whose handler gets the file's path (and `_load` checks it) in the file's own mode."""
+    return readable_uploads(gr.Image(type="filepath", image_mode=None, sources=("upload", "clipboard"), label="Image",
+                                     elem_id=elem_id))
 
 
 def user_facing(fn: Callable) -> Callable:
@@ -250,12 +248,12 @@ def build_demo(engine: DemoEngine | None = None) -> gr.Blocks:
         with gr.Tab("Inpaint / outpaint", id="inpaint", elem_id="tab-inpaint"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    editor = MaskEditor(
+                    editor = readable_uploads(gr.ImageEditor(
                         type="pil", image_mode="RGBA", sources=("upload", "clipboard"), transforms=(),
                         layers=False, label="Image: paint over what to regenerate", elem_id="inpaint-editor",
                         brush=gr.Brush(colors=[("#ff3c3c", 0.7)], color_mode="fixed", default_size=factor // 2),
                         canvas_size=(256, 256),
-                    )
+                    ))
                     gr.Examples(examples, inputs=editor, label="Examples: held-out MNIST digits")
                     mode = gr.Radio([BRUSH, OUTPAINT, UNCROP], value=BRUSH, label="What to regenerate")
                     directions = gr.CheckboxGroup(DIRECTIONS, value=["right"], label="Outpaint towards",
@@ -302,8 +300,7 @@ def build_demo(engine: DemoEngine | None = None) -> gr.Blocks:
         with gr.Tab("Variations", id="variations", elem_id="tab-variations"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    source = ImageInput(type="filepath", image_mode=None, sources=("upload", "clipboard"),
-                                        label="Image", elem_id="variations-input")
+                    source = image_input("variations-input")
                     gr.Examples(examples, inputs=source, label="Examples: held-out MNIST digits")
                     strength = gr.Slider(0.1, 0.95, value=0.5, step=0.05,
                                          label="Strength (the last int(steps x strength) steps are re-run)")
@@ -333,8 +330,7 @@ def build_demo(engine: DemoEngine | None = None) -> gr.Blocks:
                         "`pooler_output`), and the classes among them. No classifier was trained.")
             with gr.Row():
                 with gr.Column(scale=1):
-                    query = ImageInput(type="filepath", image_mode=None, sources=("upload", "clipboard"),
-                                       label="Image", elem_id="features-input")
+                    query = image_input("features-input")
                     gr.Examples(examples, inputs=query, label="Examples: held-out MNIST digits")
                     k = gr.Slider(1, 32, value=8, step=1, label="Neighbours")
                     run_features = gr.Button("Find neighbours", variant="primary", elem_id="features-button")
@@ -364,5 +360,5 @@ def launch(demo: gr.Blocks, server_name: str | None = None, server_port: int | N
                        show_error=False, footer_links=["api", "settings"], **kwargs)
 
 
-__all__ = ["ImageInput", "MaskEditor", "SamplingControls", "build_demo", "editor_image_and_mask", "launch",
-           "sampling_controls", "user_facing"]
+__all__ = ["SamplingControls", "build_demo", "editor_image_and_mask", "image_input",
+           "launch", "readable_uploads", "sampling_controls", "user_facing"]
