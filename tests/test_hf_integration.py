@@ -355,10 +355,10 @@ def test_diffusion_pipeline_loads_the_shipped_and_a_saved_folder(default_pipe, t
 
 
 def test_diffusion_pipeline_loads_a_converted_folder(golden, tmp_path):
-    from mage_hf.conversion_cli import main as convert_main
+    from mage_hf.commands import main
 
-    assert convert_main([
-        "--checkpoint", str(golden.pretraining_checkpoint), "--output-dir", str(tmp_path / "model"),
+    assert main([
+        "convert", "--checkpoint", str(golden.pretraining_checkpoint), "--output-dir", str(tmp_path / "model"),
         "--pipeline-dir", str(tmp_path / "pipeline"), "--num-attention-heads", str(golden.num_heads),
         "--decoder-num-attention-heads", str(golden.decoder_num_heads),
     ]) == 0

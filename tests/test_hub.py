@@ -9,7 +9,7 @@ import huggingface_hub
 import pytest
 
 import mage_hf
-from mage_hf.cli import main as cli_main
+from mage_hf.commands import main as cli_main
 
 httpx = pytest.importorskip("httpx2")
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from mage_hf import MageConfig, MageForMaskedImageModeling, MagePipeline
-from mage_hf.cli import main as cli_main
-from mage_hf.generate_cli import chunks, generate_images
+from mage_hf.commands import main as cli_main
+from mage_hf.sampling import generate_images, index_chunks, shard_indices
 
 NUM_CLASSES = 4
 STEPS = 4
@@ -205,10 +205,14 @@ def test_compiled_decoding_step_is_one_graph_with_the_eager_tokens(pipe):
 # --------------------------------------------------------------------------------------- mage-hf generate
 
 
-def test_chunks():
-    assert [list(r) for r in chunks(5, 2)] == [[0, 1], [2, 3], [4]]
-    assert [list(r) for r in chunks(5, None)] == [[0, 1, 2, 3, 4]]
-    assert [list(r) for r in chunks(3, 8)] == [[0, 1, 2]]
+def test_index_chunks_and_shards():
+    assert index_chunks(range(5), 2) == [[0, 1], [2, 3], [4]]
+    assert index_chunks(range(5), None) == [[0, 1, 2, 3, 4]]
+    assert index_chunks(range(3), 8) == [[0, 1, 2]]
+    assert index_chunks([1, 3, 5], 2) == [[1, 3], [5]]
+    assert [shard_indices(5, rank, 2) for rank in (0, 1)] == [[0, 2, 4], [1, 3]]
+    with pytest.raises(ValueError, match="process_index"):
+        shard_indices(5, 2, 2)
 
 
 def _generate(folder: str, out, *extra: str) -> list[np.ndarray]:
@@ -259,9 +263,9 @@ def test_generate_dtype_and_autocast_flags(pipe_dir, tmp_path):
         assert all(image.shape == fp32[0].shape and image.dtype == np.uint8 for image in images)
 
 
-def test_generate_rejects_bad_batch_size(pipe_dir, tmp_path):
-    with pytest.raises(SystemExit, match="batch-size"):
-        cli_main(["generate", "--pipeline", pipe_dir, "--batch-size", "0", "--output", str(tmp_path / "x.png")])
+def test_generate_rejects_bad_batch_size(pipe_dir, tmp_path, capsys):
+    assert cli_main(["generate", "--pipeline", pipe_dir, "--batch-size", "0", "--output", str(tmp_path / "x.png")]) == 2
+    assert "mage-hf generate: error: `--batch-size` must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

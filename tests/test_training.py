@@ -1,5 +1,5 @@
 """Training commands (`mage_hf.training`): data checks, augmentation, recipe numbers, a few steps of every command
-through `mage_hf.cli.main`, loss going down on a fixed batch, exact kill-and-resume, and a 2-process CPU run whose
+through `mage_hf.commands.main`, loss going down on a fixed batch, exact kill-and-resume, and a 2-process CPU run whose
 processes end with identical weights. Everything uses the `tiny` preset and MNIST digits (28x28 grayscale: they
 also exercise RGB conversion and up-sampling to the 32 px model size)."""
 
@@ -21,7 +21,7 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from mage_hf import MageConfig, MageForImageClassification, MageForMaskedImageModeling, MageVQModel
-from mage_hf.cli import main as cli_main
+from mage_hf.commands import main as cli_main
 from mage_hf.training import finetune, pretrain, train_tokenizer
 from mage_hf.training.arguments import (
     resolve_learning_rate,
@@ -69,8 +69,9 @@ def _fresh_accelerate_state():
 
 
 def run_cli(*argv: str) -> int:
+    """`mage-hf ...` in process, with `--debug`: bad input raises (the one-line error format is tests/test_commands)."""
     reset_accelerate()
-    return cli_main([str(a) for a in argv])
+    return cli_main([str(a) for a in argv] + ["--debug"])
 
 
 @functools.cache

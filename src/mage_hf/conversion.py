@@ -13,8 +13,6 @@ import logging
 import os
 import pickle
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,7 +263,8 @@ def convert_mage_state_dict(
     return ConvertedMage("classification" if is_classifier else "pretraining", config, converted, sorted(dropped))
 
 
-def _build_model(converted: ConvertedMage):
+def build_converted_model(converted: ConvertedMage):
+    """The model class of `converted.task`, with its weights loaded and checked (CheckpointError otherwise)."""
     from .modeling_mage import MageForImageClassification, MageForMaskedImageModeling
 
     model_class = MageForImageClassification if converted.task == "classification" else MageForMaskedImageModeling
@@ -288,7 +287,7 @@ def load_original_mage(
     converted = convert_mage_state_dict(
         load_original_state_dict(checkpoint), num_attention_heads, decoder_num_attention_heads
     )
-    return _build_model(converted)
+    return build_converted_model(converted)
 
 
 def load_original_vqgan(checkpoint: str | os.PathLike, image_size: int = 256):
@@ -304,38 +303,211 @@ def load_original_vqgan(checkpoint: str | os.PathLike, image_size: int = 256):
     return model
 
 
-class atomic_output_dir:
-    """Context manager yielding a temporary folder beside `path` that replaces `path` only on success."""
+# ----------------------------------------------------------------------------------------------------------------
+# Whole conversions: checkpoint files -> a model in memory -> verified save_pretrained folders
+# ----------------------------------------------------------------------------------------------------------------
 
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False):
-        self.path = Path(path)
-        self.overwrite = overwrite
+DEFAULT_VQ_IMAGE_SIZE = 256  # the released VQGAN's training resolution
+VERIFY_SEED = 0
 
-    def __enter__(self) -> Path:
-        if self.path.exists() and not self.path.is_dir():
-            raise FileExistsError(f"output path `{self.path}` exists and is not a directory")
-        if self.path.exists() and any(self.path.iterdir()) and not self.overwrite:
-            raise FileExistsError(f"output directory `{self.path}` exists and is not empty (pass --overwrite)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
-        # mkdtemp creates 0o700; give the final folder the permissions of a plain `mkdir`.
-        umask = os.umask(0)
-        os.umask(umask)
-        self.tmp.chmod(0o777 & ~umask)
-        return self.tmp
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = None
-        if self.path.exists():  # move the old folder aside first, so a failure never leaves neither
-            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
+@dataclass
+class Conversion:
+    """A converted model in memory: its task ("pretraining", "classification" or "vqgan"), the model, the original
+    file(s) and the known-unused original keys that were dropped."""
+
+    task: str
+    model: torch.nn.Module
+    sources: list[str]
+    dropped_keys: list[str] = field(default_factory=list)
+
+
+def check_heads(state_dict: dict[str, torch.Tensor], heads: tuple[int, int]) -> None:
+    """Each head count must divide the width the checkpoint holds (the decoder's only when it has one)."""
+    widths = [("--num-attention-heads", "encoder", "token_emb.word_embeddings.weight", 1)]
+    if "decoder_embed.weight" in state_dict:
+        widths.append(("--decoder-num-attention-heads", "decoder", "decoder_embed.weight", 0))
+    for (flag, stack, key, dim), num_heads in zip(widths, heads):
+        if key in state_dict and state_dict[key].shape[dim] % num_heads:
+            width = state_dict[key].shape[dim]
+            raise CheckpointError(
+                f"`{flag}` ({num_heads}) must divide the checkpoint's {stack} width ({width}); "
+                f"pass --model-size or a head count that divides {width}"
+            )
+
+
+def replace_vqgan(
+    state_dict: dict[str, torch.Tensor], vq_state_dict: dict[str, torch.Tensor], vq_path: Path
+) -> None:
+    """Put the separate VQGAN's weights under `vqgan.*` of a MAGE state dict, in place (same keys and shapes)."""
+    current = {key[len("vqgan.") :]: value for key, value in state_dict.items() if key.startswith("vqgan.")}
+    if current:
+        if set(current) != set(vq_state_dict):
+            differ = sorted(set(current) ^ set(vq_state_dict))
+            raise CheckpointError(f"`{vq_path}` has other VQGAN keys than the MAGE checkpoint: {differ[:10]}")
+        mismatched = [
+            f"{key}: {tuple(vq_state_dict[key].shape)} vs {tuple(tensor.shape)}"
+            for key, tensor in current.items()
+            if vq_state_dict[key].shape != tensor.shape
+        ]
+        if mismatched:
+            raise CheckpointError(
+                f"`{vq_path}` does not match the MAGE checkpoint's VQGAN shapes: {mismatched[:10]}"
+            )
+    state_dict.update({f"vqgan.{key}": value for key, value in vq_state_dict.items()})
+
+
+def convert_checkpoints(
+    checkpoint: Path | None,
+    vqgan_checkpoint: Path | None = None,
+    heads: tuple[int, int] = MODEL_SIZE_HEADS["vit-b"],
+    image_size: int | None = None,
+) -> Conversion:
+    """Read original file(s) and build the converted model in memory: a MAGE `checkpoint` (its VQGAN replaced by
+    `vqgan_checkpoint` when given), or a `vqgan_checkpoint` alone (`image_size`: the tokenizer's, default 256).
+    `heads`: (encoder, decoder) attention heads, which checkpoints do not store."""
+    if checkpoint is None:
+        if vqgan_checkpoint is None:
+            raise CheckpointError("pass a MAGE checkpoint and/or a VQGAN checkpoint")
+        image_size = image_size or DEFAULT_VQ_IMAGE_SIZE
+        model = load_original_vqgan(vqgan_checkpoint, image_size=image_size)
+        if image_size % model.downsample_factor:
+            raise CheckpointError(
+                f"`--image-size` ({image_size}) must be a multiple of the VQGAN's downsampling factor "
+                f"({model.downsample_factor})"
+            )
+        return Conversion("vqgan", model, [Path(vqgan_checkpoint).name])
+
+    state_dict = load_original_state_dict(checkpoint)
+    sources = [Path(checkpoint).name]
+    if vqgan_checkpoint is not None:
+        replace_vqgan(state_dict, load_original_state_dict(vqgan_checkpoint), Path(vqgan_checkpoint))
+        sources.append(Path(vqgan_checkpoint).name)
+    check_heads(state_dict, heads)
+    converted = convert_mage_state_dict(state_dict, *heads)
+    if image_size is not None and image_size != converted.config.image_size:
+        raise CheckpointError(
+            f"`--image-size` ({image_size}) disagrees with the checkpoint's image size "
+            f"({converted.config.image_size}); it only applies to VQGAN-only conversion"
+        )
+    return Conversion(converted.task, build_converted_model(converted), sources, converted.dropped_keys)
+
+
+def summarize(conversion: Conversion) -> str:
+    """What was found: task, sizes and the dropped keys."""
+    model = conversion.model
+    if conversion.task == "vqgan":
+        vq = model.config
+        grid = vq.sample_size // model.downsample_factor
+        return "\n".join(
+            [
+                f"task: vqgan (MageVQModel) from {', '.join(conversion.sources)}",
+                f"image size {vq.sample_size} px -> {grid}x{grid} = {grid * grid} tokens, "
+                + f"codebook {vq.num_vq_embeddings} x {vq.vq_embed_dim}",
+                f"channels {list(vq.block_out_channels)}, blocks per level {vq.layers_per_block}",
+            ]
+        )
+    config = model.config
+    grid = config.token_grid_size
+    lines = [
+        f"task: {conversion.task} ({type(model).__name__}) from {' + VQGAN '.join(conversion.sources)}",
+        f"image size {config.image_size} px -> {grid}x{grid} = {config.num_image_tokens} tokens, "
+        + f"codebook {config.codebook_size} (vocabulary {config.vocab_size}, mask id {config.mask_token_id}, "
+        + f"fake class id {config.fake_class_id})",
+        f"encoder: width {config.hidden_size}, depth {config.num_hidden_layers}, heads {config.num_attention_heads}",
+    ]
+    if conversion.task == "classification":
+        head = "BatchNorm + linear (linear probe)" if config.use_linear_probe_bn else "linear"
+        lines.append(f"classes: {config.num_labels} ({head} head)")
+    else:
+        lines.append(
+            f"decoder: width {config.decoder_hidden_size}, depth {config.decoder_num_hidden_layers}, "
+            f"heads {config.decoder_num_attention_heads}"
+        )
+    vq = config.vq_config
+    lines.append(f"VQGAN: channels {vq['block_out_channels']}, blocks per level {vq['layers_per_block']}")
+    dropped = ", ".join(conversion.dropped_keys) or "none"
+    lines.append(f"dropped {len(conversion.dropped_keys)} known-unused original keys: {dropped}")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def _forward(model: torch.nn.Module, task: str) -> torch.Tensor:
+    """One forward pass on a seeded random input at the model's size; returns the main output tensor."""
+    generator = torch.Generator().manual_seed(VERIFY_SEED)
+    if task == "vqgan":
+        size, channels = model.config.sample_size, model.config.in_channels
+        return model(torch.rand(1, channels, size, size, generator=generator)).sample
+    config = model.config
+    pixels = torch.rand(1, config.num_channels, config.image_size, config.image_size, generator=generator)
+    if task == "classification":
+        return model(pixel_values=pixels).logits
+    return model(pixel_values=pixels, generator=generator).logits
+
+
+def _load_saved(task: str, path: Path) -> torch.nn.Module:
+    from .modeling_mage import MageForImageClassification, MageForMaskedImageModeling
+    from .modeling_vqgan import MageVQModel
+
+    model_class = {
+        "pretraining": MageForMaskedImageModeling,
+        "classification": MageForImageClassification,
+        "vqgan": MageVQModel,
+    }[task]
+    return model_class.from_pretrained(path).eval()
+
+
+def verify_saved(model: torch.nn.Module, folder: Path, task: str) -> str:
+    """Load `folder` back with the task's class, check every tensor equals the converted model's, run one forward
+    pass on a random input at the model's size. Returns the "verified: ..." line."""
+    reloaded = _load_saved(task, folder)
+    expected, actual = model.state_dict(), reloaded.state_dict()
+    differing = sorted(
+        k
+        for k in expected.keys() | actual.keys()
+        if k not in expected or k not in actual or not torch.equal(expected[k], actual[k])
+    )
+    if differing:
+        raise CheckpointError(f"the saved folder does not hold the converted weights: {differing[:10]}")
+    output = _forward(reloaded, task)
+    return (
+        f"verified: {type(reloaded).__name__} output {tuple(output.shape)} ({len(actual)} tensors identical)"
+    )
+
+
+def write_model_folder(conversion: Conversion, folder: Path, final_path: Path) -> str:
+    """Save the model, its image processor config and model card into `folder`, then verify it."""
+    from .image_processing_mage import MageImageProcessor
+    from .model_card import write_model_card
+
+    model, task = conversion.model, conversion.task
+    model.save_pretrained(folder)  # safetensors only (the transformers 5 / diffusers default)
+    image_size = model.config.sample_size if task == "vqgan" else model.config.image_size
+    MageImageProcessor.for_image_size(image_size).save_pretrained(folder)
+    write_model_card(
+        folder, kind=task, converted_from=" + ".join(conversion.sources), model_name=final_path.name
+    )
+    return verify_saved(model, folder, task)
+
+
+def write_pipeline_folder(conversion: Conversion, folder: Path, final_path: Path) -> str:
+    """Save a `MagePipeline` (tokenizer as `vqvae`, the transformer without its copy of it, the scheduler) into
+    `folder` with a model card; verify that the saved pipeline generates the same tokens as the in-memory one."""
+    from .model_card import write_model_card
+    from .pipeline_mage import MagePipeline
+
+    pipeline = MagePipeline.from_masked_image_model(conversion.model)
+    pipeline.save_pretrained(folder)
+    write_model_card(folder, kind="pipeline", converted_from=" + ".join(conversion.sources), model_name=final_path.name)
+    loaded = MagePipeline.from_pretrained(folder)
+    tokens = []
+    for pipe in (pipeline, loaded):
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(0)
+        tokens.append(pipe(num_inference_steps=2, generator=generator, output_type="latent").images)
+    if not torch.equal(*tokens):
+        raise CheckpointError("the saved pipeline does not reproduce the converted model's generation")
+    return f"verified: MagePipeline 2-step generation identical after reload, tokens {tuple(tokens[1].shape)}"
 
 
 __all__ = [
@@ -343,7 +515,15 @@ __all__ = [
     "ConvertedMage",
     "MODEL_SIZE_HEADS",
     "UNUSED_ORIGINAL_KEYS",
-    "atomic_output_dir",
+    "Conversion",
+    "build_converted_model",
+    "check_heads",
+    "convert_checkpoints",
+    "replace_vqgan",
+    "summarize",
+    "verify_saved",
+    "write_model_folder",
+    "write_pipeline_folder",
     "convert_mage_state_dict",
     "convert_vqgan_state_dict",
     "infer_vq_config",

@@ -1,7 +1,7 @@
 """`mage-hf demo`: a gradio app (Generate, Inpaint / outpaint, Variations, Features) over one MAGE network.
 
-`engine.py` holds the model side (plain Python), `app.py` the gradio Blocks, `examples.py` the example digits and
-`command.py` the command line. gradio is only needed by `app.py` (`pip install "mage_hf[demo]"`).
+`engine.py` holds the model side (plain Python), `app.py` the gradio Blocks and `examples.py` the example digits;
+the command line is `mage_hf.commands.demo`. gradio is only needed by `app.py` (`pip install "mage_hf[demo]"`).
 
 Example:
 ```python

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..default_model import DEFAULT_MODEL, DEFAULT_PIPELINE
-from ..generate_cli import generate_images, make_grid
+from ..sampling import generate_images, image_grid
 from ..pipeline_mage import MagePipeline
 from .examples import Example, bank_examples
 
@@ -246,7 +246,7 @@ class DemoEngine:
         unknown = tokens == self.pipe.transformer.config.mask_token_id
         pixels = self.pipe.decode_tokens(tokens.masked_fill(unknown, 0), "pt")  # any code: painted over below
         pixels = pixels.masked_fill(self._patches(unknown).to(pixels.device), UNKNOWN_GREY)
-        return self.enlarge(make_grid(self.pipe.image_processor.postprocess(pixels, output_type="pil")), scale)
+        return self.enlarge(image_grid(self.pipe.image_processor.postprocess(pixels, output_type="pil")), scale)
 
     def _decode_live(self, call: Callable[[Callable], torch.LongTensor]) -> Iterator[DecodingStep]:
         """Run `call(callback_on_step_end)` (a pipeline call returning (B, N) ids) in a worker thread; yield a

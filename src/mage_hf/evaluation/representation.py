@@ -1,4 +1,5 @@
-"""`mage-hf evaluate representation`: linear probe, k-NN and few-shot accuracy of frozen image features.
+"""Linear probe, k-NN and few-shot accuracy of frozen image features (`mage-hf evaluate representation` is its
+command).
 
 Works with any transformers `AutoModel` image feature model (MAGE, ViTMAE, I-JEPA, ViT, ...): features are pooled
 from the model output by a per-model rule (`FeatureExtractor`), extracted once for a labelled train and test split,
@@ -16,17 +17,12 @@ and then probed on the CPU:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
-import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-
-from .results_file import write_json_atomically
 
 POOLINGS = ("auto", "mean", "cls", "pooler")
 PROBES = ("linear", "knn", "few-shot")
@@ -331,7 +327,7 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, k: int = 20, temperature: 
     return correct / len(test_n)
 
 
-def _check_shots(train_y: torch.Tensor, shots: Sequence[int]) -> None:
+def check_shots(train_y: torch.Tensor, shots: Sequence[int]) -> None:
     """Every requested shot must be >= 1 and at most the smallest training class."""
     classes, counts = torch.unique(torch.as_tensor(train_y), return_counts=True)
     for shot in shots:
@@ -358,7 +354,7 @@ def few_shot_accuracy(
     train_x, train_y, test_x, test_y = _check_probe_inputs(train_x, train_y, test_x, test_y)
     if len(seeds) == 0:
         raise ValueError("`seeds` (`--seeds`) must not be empty")
-    _check_shots(train_y, shots)
+    check_shots(train_y, shots)
     labels = train_y.numpy()
     class_indices = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     results = {}
@@ -419,126 +415,14 @@ def format_results(results: dict) -> str:
     return "\n".join(["| probe | accuracy (%) |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder or hub id (AutoModel + AutoImageProcessor)")
-    parser.add_argument("--dataset-name", required=True,
-                        help="`datasets` Hub name, local `load_dataset` path or `save_to_disk` folder")
-    parser.add_argument("--dataset-config", help="configuration name of `--dataset-name`")
-    parser.add_argument("--train-split", default="train", help="split the probes are trained on (default train)")
-    parser.add_argument("--test-split", default="test", help="split the probes are scored on (default test)")
-    parser.add_argument("--image-column", default="image", help="column holding the images")
-    parser.add_argument("--label-column", default="label", help="column holding integer class ids")
-    parser.add_argument("--pooling", choices=POOLINGS, default="auto",
-                        help="feature pooling (default auto: MAGE pooler, ViT cls, ViTMAE / I-JEPA mean)")
-    parser.add_argument("--probes", nargs="+", choices=PROBES, default=list(PROBES), help="probes to run")
-    parser.add_argument("--linear-method", choices=LINEAR_METHODS, default="logistic",
-                        help="logistic regression (default) or MAE's BatchNorm + linear head")
-    parser.add_argument("--k", type=int, default=20, help="neighbours of the k-NN probe (default 20)")
-    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10], help="examples per class, few-shot")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="few-shot draws")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    parser.add_argument("--max-train-samples", type=int, help="use only the first N training examples")
-    parser.add_argument("--max-test-samples", type=int, help="use only the first N test examples")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--output", help="write the results as JSON to this file")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-
-
-def _check_arguments(args: argparse.Namespace) -> None:
-    """Checks that need no data, before anything is loaded."""
-    if args.k < 1:
-        raise ValueError(f"`--k` must be >= 1, got {args.k}")
-    if args.batch_size < 1:
-        raise ValueError(f"`--batch-size` must be >= 1, got {args.batch_size}")
-    if min(args.shots) < 1:
-        raise ValueError(f"`--shots` must be >= 1, got {args.shots}")
-    for flag, value in (("--max-train-samples", args.max_train_samples), ("--max-test-samples", args.max_test_samples)):
-        if value is not None and value < 1:
-            raise ValueError(f"`{flag}` must be >= 1, got {value}")
-
-
-def _load_split(splits: dict, args: argparse.Namespace, flag: str, limit: int | None):
-    """The split named by `flag`, checked (present, not empty, columns, integer labels >= 0) and cut to `limit`."""
-    import numpy as np
-
-    from ..training.data import _check_columns, _check_not_empty
-
-    name = getattr(args, flag.removeprefix("--").replace("-", "_"))
-    if name not in splits:
-        raise ValueError(f"`{flag}` {name!r} is not a split of {args.dataset_name}; splits: {sorted(splits)}")
-    dataset = splits[name]
-    what = f"the {name!r} split of {args.dataset_name} (`{flag}`)"
-    _check_not_empty(dataset, what)
-    _check_columns(dataset, args.image_column, args.label_column, what)
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    labels = np.asarray(dataset.select_columns([args.label_column]).with_format("numpy")[args.label_column])
-    if labels.dtype.kind not in "iu":
-        raise ValueError(
-            f"`--label-column` {args.label_column!r} must hold integer class ids, got {labels.dtype} in {what}"
-        )
-    if labels.min() < 0:
-        raise ValueError(f"`--label-column` {args.label_column!r} has negative labels ({labels.min()}) in {what}")
-    return dataset, torch.from_numpy(labels.astype(np.int64))
-
-
-def run(args: argparse.Namespace) -> int:
-    from datasets import Dataset
-
-    from ..training.data import _load_named
-
-    _check_arguments(args)
-    splits = _load_named(args.dataset_name, args.dataset_config, streaming=False)
-    if not all(isinstance(split, Dataset) for split in splits.values()):
-        raise ValueError(f"`--dataset-name` {args.dataset_name!r} did not load as map-style datasets")
-    train, train_labels = _load_split(splits, args, "--train-split", args.max_train_samples)
-    test, _ = _load_split(splits, args, "--test-split", args.max_test_samples)
-    if "few-shot" in args.probes:
-        _check_shots(train_labels, args.shots)  # before the (slow) feature extraction
-
-    extractor = FeatureExtractor.from_pretrained(
-        args.model, pooling=args.pooling, batch_size=args.batch_size, device=args.device
-    )
-    progress = not args.no_progress
-    train_x, train_y = extract_features(extractor, train, args.image_column, args.label_column, progress)
-    test_x, test_y = extract_features(extractor, test, args.image_column, args.label_column, progress)
-    results = {
-        "model": str(args.model),
-        "model_type": extractor.model_type,
-        "pooling": extractor.pooling_used,
-        "dataset": str(args.dataset_name),
-        "dataset_config": args.dataset_config,
-        "train_split": args.train_split,
-        "test_split": args.test_split,
-        **evaluate_features(
-            train_x, train_y, test_x, test_y, probes=args.probes, linear_method=args.linear_method, k=args.k,
-            shots=args.shots, seeds=args.seeds,
-        ),
-    }
-    print(f"{args.model} ({extractor.model_type}, pooling {extractor.pooling_used}) on {args.dataset_name}: "
-          f"{results['num_train']} train / {results['num_test']} test, {results['feature_dim']}-d features")
-    print(format_results(results))
-    if args.output:
-        output = Path(args.output)
-        write_json_atomically(output, results)
-        print(f"wrote {output.resolve()}", file=sys.stderr)
-    return 0
-
-
 __all__ = [
     "AUTO_POOLING",
     "FeatureExtractor",
-    "add_arguments",
+    "check_shots",
     "evaluate_features",
     "extract_features",
     "few_shot_accuracy",
     "format_results",
     "knn_accuracy",
     "linear_probe_accuracy",
-    "run",
 ]

@@ -1,7 +1,8 @@
 """Training commands for MAGE with accelerate: `pretrain`, `train-tokenizer`, `finetune` and `linprobe`.
 
-One loop (`loop.train`) serves every command; each command module supplies a `TrainingTask` (model, loss, evaluation,
-saving) and its recipe defaults, and provides `add_arguments(parser)` / `run(args) -> int` for `mage_hf.cli`.
+One loop (`loop.run_training`, a `Trainer`) serves every command; each command module supplies a `TrainingTask`
+(model, loss, evaluation, saving) and `add_arguments(parser)` with its recipe defaults; `mage_hf.commands.train`
+is the command table.
 See `docs/training.md` for commands and accelerate configurations.
 """
 

@@ -111,12 +111,12 @@ def load_image_data(args: argparse.Namespace, *, use_labels: bool, want_eval: bo
     eval_data, eval_flag = _select_eval(splits, args, want_eval)
     label_column = args.label_column if use_labels else None
 
-    _check_not_empty(train, f"the training split {args.train_split!r} of {source} (`{source_flag}`)")
-    _check_columns(train, args.image_column, label_column, f"the training split of {source}")
+    check_not_empty(train, f"the training split {args.train_split!r} of {source} (`{source_flag}`)")
+    check_columns(train, args.image_column, label_column, f"the training split of {source}")
     _check_first_image(train, args.image_column)
     if eval_data is not None:
-        _check_not_empty(eval_data, f"the evaluation data (`{eval_flag}`)")
-        _check_columns(eval_data, args.image_column, label_column, f"the evaluation data (`{eval_flag}`)")
+        check_not_empty(eval_data, f"the evaluation data (`{eval_flag}`)")
+        check_columns(eval_data, args.image_column, label_column, f"the evaluation data (`{eval_flag}`)")
 
     label_names = None
     if label_column is not None:
@@ -151,7 +151,7 @@ def _load_splits(args: argparse.Namespace) -> tuple[dict[str, Dataset | Iterable
         splits = _load_imagefolder(args.train_dir, "--train-dir", args.streaming)
         source, flag = args.train_dir, "--train-dir"
     else:
-        splits = _load_named(args.dataset_name, args.dataset_config, args.streaming)
+        splits = load_dataset_splits(args.dataset_name, args.dataset_config, args.streaming)
         source, flag = args.dataset_name, "--dataset-name"
     if args.validation_dir is not None:
         if args.validation_split is not None:
@@ -169,7 +169,8 @@ def _load_imagefolder(path: str, flag: str, streaming: bool) -> dict[str, Datase
         raise ValueError(f"`{flag}` {path!r} is empty: no image files ({error})") from error
 
 
-def _load_named(name: str, config: str | None, streaming: bool) -> dict[str, Dataset | IterableDataset]:
+def load_dataset_splits(name: str, config: str | None, streaming: bool) -> dict[str, Dataset | IterableDataset]:
+    """Split name -> dataset for a `save_to_disk` folder, a local `load_dataset` path or a Hub name."""
     path = Path(name)
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         _check_saved_splits_not_empty(path)
@@ -222,7 +223,7 @@ def _select_eval(splits: dict, args: argparse.Namespace, want_eval: bool) -> tup
     return None, "--validation-split"
 
 
-def _check_not_empty(dataset: Dataset | IterableDataset, what: str) -> None:
+def check_not_empty(dataset: Dataset | IterableDataset, what: str) -> None:
     if isinstance(dataset, Dataset):
         empty = len(dataset) == 0
     else:
@@ -237,7 +238,7 @@ def _column_names(dataset: Dataset | IterableDataset) -> list[str]:
     return list(next(iter(dataset.take(1))).keys())  # streamed data without declared features
 
 
-def _check_columns(dataset, image_column: str, label_column: str | None, what: str) -> None:
+def check_columns(dataset, image_column: str, label_column: str | None, what: str) -> None:
     columns = _column_names(dataset)
     for flag, column in (("--image-column", image_column), ("--label-column", label_column)):
         if column is not None and column not in columns:
@@ -551,6 +552,9 @@ __all__ = [
     "ImageTransform",
     "add_data_arguments",
     "build_dataloader",
+    "check_columns",
+    "check_not_empty",
+    "load_dataset_splits",
     "image_to_tensor",
     "load_image_data",
     "random_resized_crop",

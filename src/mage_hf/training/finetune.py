@@ -16,7 +16,7 @@ from torch import nn
 from .arguments import RecipeDefaults, add_training_arguments
 from .classification import ClassificationTask
 from .data import add_data_arguments
-from .loop import run_training
+
 
 FINETUNE_RECIPE = RecipeDefaults(
     base_learning_rate=2.5e-4,
@@ -41,9 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-smoothing", type=float, default=0.1)
     group.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(alpha, alpha) parameter (0: off)")
 
-
-def run(args: argparse.Namespace) -> int:
-    return run_training(args, FinetuneTask)
 
 
 def layer_id(name: str, num_layers: int) -> int:
@@ -99,4 +96,4 @@ class FinetuneTask(ClassificationTask):
         )
 
 
-__all__ = ["FINETUNE_RECIPE", "FinetuneTask", "add_arguments", "layer_decay_groups", "layer_id", "run"]
+__all__ = ["FINETUNE_RECIPE", "FinetuneTask", "add_arguments", "layer_decay_groups", "layer_id"]

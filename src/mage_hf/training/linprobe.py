@@ -18,7 +18,7 @@ from torch import nn
 from .arguments import RecipeDefaults, add_training_arguments
 from .classification import ClassificationTask
 from .data import add_data_arguments
-from .loop import run_training
+
 
 LINPROBE_RECIPE = RecipeDefaults(
     base_learning_rate=0.1,
@@ -43,12 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.optimizer == "adamw" and args.learning_rate is None and args.base_learning_rate is None:
-        args.base_learning_rate = LINPROBE_ADAMW_BASE_LR
-    return run_training(args, LinearProbeTask)
-
-
 class LinearProbeTask(ClassificationTask):
     command = "linprobe"
     use_linear_probe_bn = True
@@ -60,6 +54,8 @@ class LinearProbeTask(ClassificationTask):
             raise ValueError("`--model` is required: the pretrained MAGE folder whose encoder is probed")
         if not 0.0 <= args.momentum < 1.0:
             raise ValueError(f"`--momentum` must be in [0, 1), got {args.momentum}")
+        if args.optimizer == "adamw" and args.learning_rate is None and args.base_learning_rate is None:
+            args.base_learning_rate = LINPROBE_ADAMW_BASE_LR  # the recipe's base lr is SGD's
 
     def build_model(self):
         model = super().build_model()
@@ -79,4 +75,4 @@ class LinearProbeTask(ClassificationTask):
         return super().create_optimizer(groups, learning_rate)
 
 
-__all__ = ["LINPROBE_RECIPE", "LinearProbeTask", "add_arguments", "run"]
+__all__ = ["LINPROBE_RECIPE", "LinearProbeTask", "add_arguments"]

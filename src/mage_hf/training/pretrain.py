@@ -26,7 +26,7 @@ from ..modeling_vqgan import MageVQModel
 from .arguments import RecipeDefaults, add_training_arguments
 from .contrastive import info_nce_loss
 from .data import ColorAugment, add_data_arguments
-from .loop import StepContext, StepOutput, TrainingTask, run_training, save_image_processor
+from .loop import StepContext, StepOutput, TrainingTask, save_image_processor
 from .seeding import keyed_generator
 
 logger = logging.getLogger(__name__)
@@ -88,9 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     contrastive.add_argument("--grayscale-prob", type=float, default=augment.grayscale_prob)
     contrastive.add_argument("--blur-prob", type=float, default=augment.blur_prob)
 
-
-def run(args: argparse.Namespace) -> int:
-    return run_training(args, PretrainingTask)
 
 
 def load_config(name_or_path: str, **overrides) -> MageConfig:
@@ -266,4 +263,4 @@ class PretrainingTask(TrainingTask):
         save_image_processor(model.config.image_size, save_dir)
 
 
-__all__ = ["CONTRASTIVE_DEFAULTS", "PRETRAIN_RECIPE", "PretrainingTask", "add_arguments", "load_config", "load_tokenizer", "run"]
+__all__ = ["CONTRASTIVE_DEFAULTS", "PRETRAIN_RECIPE", "PretrainingTask", "add_arguments", "load_config", "load_tokenizer"]

@@ -25,7 +25,7 @@ from torch.func import functional_call
 from ..modeling_vqgan import MageVQModel
 from .arguments import RecipeDefaults, add_training_arguments
 from .data import add_data_arguments
-from .loop import StepContext, StepOutput, TrainingTask, run_training, save_image_processor
+from .loop import StepContext, StepOutput, TrainingTask, save_image_processor
 from .pretrain import DEFAULT_MODEL_CONFIG, load_config, load_tokenizer
 
 # Adam betas (0.5, 0.9) as taming-transformers' VQGAN (MAGE's tokenizer code base); lr 1e-4 at batch 256.
@@ -57,9 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--disc-layers", type=int, default=3, help="stride-2 layers of the discriminator")
     group.add_argument("--codebook-usage-window", type=int, default=100, help="batches behind the usage statistics")
 
-
-def run(args: argparse.Namespace) -> int:
-    return run_training(args, TokenizerTask)
 
 
 class PatchDiscriminator(nn.Module):
@@ -222,5 +219,4 @@ __all__ = [
     "VQGANTrainingModule",
     "add_arguments",
     "codebook_statistics",
-    "run",
 ]

@@ -6,10 +6,7 @@
     mage-hf demo --share                           # also a public gradio.live link (needs the internet)
 """
 
-from __future__ import annotations
-
 import argparse
-import sys
 
 DEFAULT = "default"
 
@@ -33,19 +30,17 @@ def run(args: argparse.Namespace) -> int:
     from ..default_model import DEFAULT_MODEL, DEFAULT_PIPELINE
 
     try:
-        from .app import build_demo, launch
+        from ..demo.app import build_demo, launch
     except ImportError as error:
-        print(f'error: the demo needs gradio ({error}); install it with: pip install "mage_hf[demo]"', file=sys.stderr)
-        return 2
-    from .engine import DemoEngine
+        raise ImportError(f'the demo needs gradio ({error}); install it with: pip install "mage_hf[demo]"') from error
+    from ..demo.engine import DemoEngine
 
     pipeline = DEFAULT_PIPELINE if args.pipeline == DEFAULT else args.pipeline
     model = DEFAULT_MODEL if args.model == DEFAULT else args.model
     try:
         engine = DemoEngine(pipeline, model, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except (OSError, ValueError) as error:
-        print(f"error: cannot load the demo's models ({error})", file=sys.stderr)
-        return 2
+        raise ValueError(f"cannot load the demo's models ({error})") from error
     demo = build_demo(engine)
     _, local_url, share_url = launch(demo, server_name=args.host, server_port=args.port, share=args.share,
                                      prevent_thread_lock=True, quiet=True)
