@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from transformers import PreTrainedConfig
+
+from .input_checks import check_id_range
 
 # The released VQGAN tokenizer (`vqgan_jax_strongaug.ckpt`): 256 px -> 16x16 tokens, codebook 1024 x 256.
 RELEASED_VQ_CONFIG: dict[str, Any] = {
@@ -20,6 +23,11 @@ RELEASED_VQ_CONFIG: dict[str, Any] = {
     "norm_eps": 1e-6,
     "sample_size": 256,
 }
+
+def vq_downsample_factor(block_out_channels) -> int:
+    """Pixels per token side of the VQGAN: it halves the resolution between consecutive levels."""
+    return 2 ** (len(block_out_channels) - 1)
+
 
 # The original code puts its "fake class" id at `codebook_size + 1100 - 1024`: class slot 76.
 ORIGINAL_FAKE_CLASS_SLOT = 76
@@ -191,7 +199,7 @@ class MageConfig(PreTrainedConfig):
     @property
     def downsample_factor(self) -> int:
         """Pixels per token side: 2 ** (number of VQGAN levels - 1)."""
-        return 2 ** (len(self.vq_config["block_out_channels"]) - 1)
+        return vq_downsample_factor(self.vq_config["block_out_channels"])
 
     @property
     def token_grid_size(self) -> int:
@@ -208,13 +216,14 @@ class MageConfig(PreTrainedConfig):
         """Tokens removed from the encoder input in pretraining: ceil(N * mask_ratio_min)."""
         return math.ceil(self.num_image_tokens * self.mask_ratio_min)
 
-    def condition_token_id(self, class_label: int) -> int:
-        """Vocabulary id of the condition token for `class_label` of a class-conditional model."""
-        if not 0 <= class_label < self.num_condition_classes:
-            raise ValueError(
-                f"`class_label` must be in [0, {self.num_condition_classes}) for this model, got {class_label}"
-            )
-        return self.codebook_size + class_label
+    def condition_token_id(self, class_labels: int | torch.Tensor) -> int | torch.Tensor:
+        """Vocabulary id(s) of the condition token of class(es) `class_labels` of a class-conditional model:
+        `codebook_size + class`, range-checked (the one check of class labels: model forward and pipeline use it)."""
+        if self.num_condition_classes == 0:
+            raise ValueError("`class_labels` given to an unconditional model (num_condition_classes is 0)")
+        labels = torch.as_tensor(class_labels)
+        check_id_range("class_labels", labels, 0, self.num_condition_classes, "num_condition_classes")
+        return class_labels + self.codebook_size
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> MageConfig:
@@ -238,4 +247,4 @@ MAGE_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-__all__ = ["MageConfig", "MAGE_PRESETS", "RELEASED_VQ_CONFIG"]
+__all__ = ["MageConfig", "MAGE_PRESETS", "RELEASED_VQ_CONFIG", "vq_downsample_factor"]

@@ -562,13 +562,10 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
     ) -> torch.LongTensor:
         """(B,) class labels -> (B,) condition ids, with condition dropout to the unconditional id in training."""
         config = self.config
-        if config.num_condition_classes == 0:
-            raise ValueError("`class_labels` given to an unconditional model (config.num_condition_classes is 0)")
         class_labels = torch.as_tensor(class_labels).to(device=device, dtype=torch.long).view(-1)
         if class_labels.shape[0] != batch:
             raise ValueError(f"`class_labels` must have {batch} entries, got {class_labels.shape[0]}")
-        check_id_range("class_labels", class_labels, 0, config.num_condition_classes, "num_condition_classes")
-        condition_ids = class_labels + config.codebook_size
+        condition_ids = config.condition_token_id(class_labels)
         if self.training and config.condition_dropout_prob > 0:
             drop = rand_tensor(tuple(class_labels.shape), generator, device) < config.condition_dropout_prob
             condition_ids = torch.where(drop, config.fake_class_id, condition_ids)

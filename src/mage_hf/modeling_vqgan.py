@@ -20,6 +20,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
+from .configuration_mage import vq_downsample_factor
 from .input_checks import check_id_range
 
 # The convs run in NHWC ("channels_last"): oneDNN's fastest CPU layout (~1.1-1.3x over NCHW here), also good on GPU.
@@ -260,7 +261,7 @@ class MageVQModel(ModelMixin, AutoencoderMixin, ConfigMixin):
     @property
     def downsample_factor(self) -> int:
         """Pixels per token side."""
-        return 2 ** (len(self.config.block_out_channels) - 1)
+        return vq_downsample_factor(self.config.block_out_channels)
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         if not isinstance(pixel_values, torch.Tensor):

@@ -15,7 +15,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 from .image_processing_mage import MageImageProcessor
-from .input_checks import check_id_range, check_integer_tensor, value_checks_enabled
+from .input_checks import check_integer_tensor, value_checks_enabled
 from .modeling_mage import MageForMaskedImageModeling
 from .modeling_vqgan import MageVQModel
 from .scheduling_mage import MageScheduler
@@ -285,10 +285,7 @@ class MagePipeline(DiffusionPipeline):
         indices = flatten(class_labels)
         if not indices:
             raise ValueError("`class_labels` is empty")
-        num_classes = self.transformer.config.num_condition_classes
-        if num_classes == 0:
-            raise ValueError("`class_labels` was given but this model is unconditional (num_condition_classes = 0)")
-        check_id_range("class_labels", torch.tensor(indices), 0, num_classes, "num_condition_classes")
+        self.transformer.config.condition_token_id(torch.tensor(indices))  # range-checked there
         return indices
 
     def prepare_condition_ids(
@@ -299,7 +296,7 @@ class MagePipeline(DiffusionPipeline):
         config = self.transformer.config
         if class_ids is None:
             return torch.full((num_prompts,), config.fake_class_id, dtype=torch.long, device=device)
-        return torch.tensor(class_ids, dtype=torch.long, device=device) + config.codebook_size
+        return config.condition_token_id(torch.tensor(class_ids, dtype=torch.long, device=device))
 
     def _pixels(self, image: ImageInput) -> torch.Tensor:
         """Image input -> (B, C, S, S) float pixels in [0, 1] at the model size (resize + center crop)."""

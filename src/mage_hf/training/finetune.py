@@ -1,6 +1,6 @@
 """`mage-hf finetune`: fine-tune a pretrained MAGE encoder end to end for image classification.
 
-Recipe (spec §6 and the MAE fine-tuning code MAGE's builds on): AdamW, base lr 2.5e-4 per 256 images, layer-wise
+Recipe (the original's `main_finetune.py`, built on MAE's fine-tuning code): AdamW, base lr 2.5e-4 per 256 images, layer-wise
 lr decay 0.65, weight decay 0.05, 100 epochs with 5 warm-up epochs then cosine, drop path 0.1, label smoothing 0.1,
 RandomResizedCrop(scale 0.08-1) + flip; optional mixup. RandAugment, random erasing and CutMix of the original
 recipe are not implemented. Top-1 / top-5 accuracy is measured after every epoch.
@@ -16,7 +16,7 @@ from torch import nn
 from .arguments import RecipeDefaults, add_training_arguments
 from .classification import ClassificationTask
 from .data import add_data_arguments
-
+from .loop import is_decayed
 
 FINETUNE_RECIPE = RecipeDefaults(
     base_learning_rate=2.5e-4,
@@ -58,7 +58,7 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float
         if not param.requires_grad:
             continue
         layer = layer_id(name, num_layers)
-        decayed = not (param.ndim <= 1 or name.endswith(".bias"))
+        decayed = is_decayed(name, param)
         group = groups.setdefault((layer, decayed), {
             "params": [], "weight_decay": weight_decay if decayed else 0.0,
             "lr_scale": layer_decay ** (num_layers + 1 - layer),
