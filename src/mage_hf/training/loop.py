@@ -127,6 +127,10 @@ class TrainingTask:
     def training_step(self, model: nn.Module, batch: dict, step: StepContext) -> StepOutput:
         raise NotImplementedError
 
+    def after_optimizer_step(self, model: nn.Module, global_step: int, max_steps: int) -> None:
+        """Called after every optimizer step (`global_step` steps done of `max_steps`), before logging and
+        checkpointing, e.g. for an EMA update of a target network. Does nothing by default."""
+
     def window_metrics(self, accelerator: Accelerator) -> dict[str, float]:
         """Metrics over recent steps, computed on logging steps on every process (may use collectives)."""
         return {}
@@ -149,13 +153,18 @@ class TrainingTask:
         return {"base_model": model} if model is not None and not os.path.exists(model) else {}
 
 
+def is_decayed(name: str, param: torch.Tensor) -> bool:
+    """The original's weight-decay rule (timm's `add_weight_decay`): biases, norm weights and every other 1-D
+    parameter are not decayed."""
+    return not (param.ndim <= 1 or name.endswith(".bias"))
+
+
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters in two groups: decayed, and biases / norm weights / other 1-D parameters undecayed
-    (timm's `add_weight_decay`, used by the original)."""
+    """Trainable parameters in two groups, decayed and not (`is_decayed`)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+            (decay if is_decayed(name, param) else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]
 
@@ -413,6 +422,7 @@ class Trainer:
                     continue
                 scheduler.step()
                 global_step += 1
+                task.after_optimizer_step(model, global_step, plan.max_steps)
                 progress.update(1)
                 progress.set_postfix(loss=f"{output.loss.item():.4f}", refresh=False)
                 if global_step % args.logging_steps == 0 or global_step == plan.max_steps:
@@ -597,5 +607,6 @@ __all__ = [
     "run_training",
     "save_image_processor",
     "state_dict_digest",
+    "is_decayed",
     "weight_decay_groups",
 ]
