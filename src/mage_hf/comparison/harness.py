@@ -1,77 +1,163 @@
-"""MAGE, MAE and I-JEPA pretrained on the same MNIST digits with the same budget, then measured the same way.
+"""The comparison harness: MAGE, MAGE-C, MAE and I-JEPA trained through the package's one training loop
+(`mage_hf.training.loop`) and measured the same way.
 
-Each contender is a small ViT encoder of the same shape (6 layers, width 128, 4 heads, MLP 512) on 32x32 digits
-with 64 patches / tokens, plus its own 3-layer, 128-wide decoder or predictor, so the trained parameter counts
-match (within 2 %). All three see the same images in the same order, with the same optimizer (AdamW, warm-up +
-cosine), batch size, steps and initial seed; only the objective differs:
+- `CONTENDERS`: each method as a command of the loop. MAGE and MAGE-C are `mage-hf pretrain` (`PretrainingTask`,
+  MAGE-C with `--contrastive`); MAE and I-JEPA are `python -m mage_hf.comparison mae|ijepa`
+  (`mage_hf.comparison.tasks`). `Contender.train(flags)` runs the command in this process;
+  `Contender.initial_module(flags)` builds the module exactly as the loop builds it before its first step (the
+  random-initialisation baseline).
+- `load_checkpoint`: a `checkpoint-N` of the loop holds `accelerator.save_state` files (weights, optimizer, RNG
+  states), not a `save_pretrained` folder; this puts its weights into a module built as above.
+- `ProbeData` and `probe_encoder`: the frozen encoder's features (`mage_hf.evaluation.representation`) probed on a
+  labelled train / test split (linear, k-NN, few-shot) and, for choosing hyperparameters without the test split,
+  on a validation split held out of the training images. `raw_pixel_features` is the same input for the
+  raw-pixel baseline.
+- `GenerationScorer`: FID, KID, precision / recall on the offline Inception (`mage_hf.evaluation`), plus the MNIST
+  judge's classifier score and Fréchet distance, of samples drawn with `sample_images`.
 
-- MAGE: `MageForMaskedImageModeling` on the tokens of the frozen mage-mnist VQGAN (its own pretraining is not
-  counted), mask ratio 50-100 %, cross entropy on masked tokens;
-- MAE: transformers' `ViTMAEForPreTraining`, 75 % of the patches masked, pixel MSE on the masked patches;
-- I-JEPA: `mage_hf.comparison.ijepa` around transformers' `IJepaModel`, multi-block masks, EMA target encoder.
-
-Every `eval_every` steps the encoders are probed (`mage_hf.evaluation.representation`: logistic-regression linear
-probe and k-NN; few-shot at the end); at the end MAGE's samples are scored (`mage_hf.evaluation`: FID, KID,
-precision/recall on the offline Inception; the MNIST judge's classifier score) over sampling steps and choice
-temperatures. `write_report` turns the results into `docs/results.md` with plots.
+    contender = CONTENDERS["mae"]
+    flags = ["--dataset-name", "mnist/", "--output-dir", "out/mae", "--max-train-steps", "400"]
+    contender.train(flags)
+    module = contender.initial_module(flags)
+    load_checkpoint(module, "out/mae/checkpoint-400")
+    encoder, processor = contender.evaluation_encoder(module)
+    results = probe_encoder(encoder, processor, ProbeData.from_saved_dataset("mnist/"))
 """
 
 from __future__ import annotations
 
-import copy
-import math
-import time
-from dataclasses import asdict, dataclass, field
+import argparse
+import importlib
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-MNIST_ENCODER = {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4, "intermediate_size": 512}
-MNIST_DECODER = {"hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 512}
-CONTENDERS = ("mage", "mae", "ijepa")
+CHECKPOINT_WEIGHTS = "model.safetensors"  # the weights file of `accelerator.save_state`
+FEATURE_BATCH_SIZE = 250
 
 
-@dataclass
-class HarnessConfig:
-    """The shared budget and the evaluation grid (the defaults produced docs/results.md)."""
+@dataclass(frozen=True)
+class Contender:
+    """A pretraining method as a command of the training loop.
 
-    steps: int = 480
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    eval_every: int = 160
-    seed: int = 0
-    contenders: tuple[str, ...] = CONTENDERS
-    fid_images: int = 300
-    fid_batch_size: int = 100
-    fid_steps: tuple[int, ...] = (4, 8, 12, 20)
-    fid_temperatures: tuple[float, ...] = (2.0, 4.5, 6.0, 9.0)
-    default_steps: int = 12
-    default_temperature: float = 4.5
-    shots: tuple[int, ...] = (1, 5, 10)
-    shot_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    max_train_images: int | None = None  # a class-balanced subset of the 4,000 training digits (smoke tests)
-    max_test_images: int | None = None  # a class-balanced subset of the 1,000 held-out digits
+    `module` defines the command's flags (`add_arguments(parser)`, named by `add_arguments`) and its `TrainingTask`
+    (named by `task`); `runner` ("module:function") trains with `(args, task_class)` (the loop's `run_training`, or
+    `mage_hf.comparison.tasks.run_comparison_task`, which also writes the folder's model card); `extra_flags` are
+    always passed (MAGE-C's `--contrastive`); `encoder_attribute` names the part of the trained module whose
+    features are probed.
+    """
 
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every", "fid_images", "fid_batch_size", "default_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        unknown = set(self.contenders) - set(CONTENDERS)
-        if unknown or not self.contenders:
-            raise ValueError(f"`contenders` must be a non-empty subset of {CONTENDERS}, got {self.contenders}")
+    key: str
+    name: str
+    command: str
+    module: str
+    add_arguments: str
+    task: str
+    runner: str
+    encoder_attribute: str
+    extra_flags: tuple[str, ...] = ()
+
+    @property
+    def task_class(self):
+        return getattr(importlib.import_module(self.module), self.task)
+
+    def parse(self, flags: Sequence[str]) -> argparse.Namespace:
+        parser = argparse.ArgumentParser(prog=self.command)
+        getattr(importlib.import_module(self.module), self.add_arguments)(parser)
+        return parser.parse_args([*self.extra_flags, *flags])
+
+    def command_line(self, flags: Sequence[str]) -> str:
+        """The shell command that trains this contender with `flags`."""
+        return " ".join([self.command, *map(shlex.quote, [*self.extra_flags, *flags])])
+
+    def train(self, flags: Sequence[str]) -> int:
+        """Run the training command in this process (what `command_line(flags)` runs)."""
+        module_name, _, function = self.runner.partition(":")
+        return getattr(importlib.import_module(module_name), function)(self.parse(flags), self.task_class)
+
+    def initial_module(self, flags: Sequence[str]) -> nn.Module:
+        """The trained module as `run_training` builds it before the first step: flags checked, data loaded, the
+        global seed set to `--seed`, then the task's `build_model` (so the weights are the run's step 0)."""
+        from accelerate.utils import set_seed
+
+        from ..training.arguments import validate_training_arguments
+        from ..training.data import load_image_data
+
+        args = self.parse(flags)
+        task_class = self.task_class
+        validate_training_arguments(args)
+        task_class.validate_arguments(args)
+        data = load_image_data(args, use_labels=task_class.uses_labels(args), want_eval=task_class.wants_eval)
+        set_seed(args.seed)
+        return task_class(args, data).model
+
+    def evaluation_encoder(self, module: nn.Module):
+        """(encoder to probe, its image processor) of a trained module: MAGE's `MageModel`, MAE's `ViTMAEModel`,
+        I-JEPA's EMA target `IJepaModel`."""
+        encoder = getattr(module, self.encoder_attribute)
+        if self.encoder_attribute == "mage":
+            from ..image_processing_mage import MageImageProcessor
+
+            return encoder, MageImageProcessor.for_image_size(encoder.config.image_size)
+        from .tasks import vit_image_processor
+
+        return encoder, vit_image_processor(encoder.config.image_size)
+
+    @staticmethod
+    def trainable_parameters(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+_MAGE = ("mage-hf pretrain", "mage_hf.training.pretrain", "add_arguments", "PretrainingTask",
+         "mage_hf.training.loop:run_training", "mage")
+_TASKS, _RUN_TASK = "mage_hf.comparison.tasks", "mage_hf.comparison.tasks:run_comparison_task"
+CONTENDERS = {
+    "mage": Contender("mage", "MAGE", *_MAGE),
+    "mage-c": Contender("mage-c", "MAGE-C", *_MAGE, ("--contrastive",)),
+    "mae": Contender("mae", "MAE", "python -m mage_hf.comparison mae", _TASKS, "add_mae_arguments", "MaeTask",
+                     _RUN_TASK, "vit"),
+    "ijepa": Contender("ijepa", "I-JEPA", "python -m mage_hf.comparison ijepa", _TASKS, "add_ijepa_arguments",
+                       "IJepaTask", _RUN_TASK, "target_encoder"),
+}
+
+
+def load_checkpoint(module: nn.Module, checkpoint_dir: str | Path) -> nn.Module:
+    """Load the weights of a loop checkpoint (`checkpoint-N/model.safetensors`) into `module`, in place.
+
+    accelerate drops one name of each tied pair when it saves; such a name may be missing if a tensor it shares
+    storage with was loaded. Any other missing or unexpected name is an error."""
+    from safetensors.torch import load_file
+
+    path = Path(checkpoint_dir) / CHECKPOINT_WEIGHTS
+    if not path.is_file():
+        raise ValueError(f"`checkpoint_dir` {str(checkpoint_dir)!r} holds no {CHECKPOINT_WEIGHTS}")
+    state = load_file(str(path))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    own = module.state_dict(keep_vars=True)
+    loaded_storage = {own[name].data_ptr() for name in state if name in own}
+    untied = [name for name in missing if own[name].data_ptr() not in loaded_storage]
+    if unexpected or untied:
+        raise ValueError(f"{path} does not fit the module: {len(untied)} names missing (first: {untied[:3]}), "
+                         f"{len(unexpected)} unexpected (first: {unexpected[:3]})")
+    return module
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data
+# Probes
 # ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class MnistSplits:
-    """uint8 digits (N, 3, 32, 32) and int64 labels (N,) of the training and held-out splits of `mage_hf.mnist`."""
+class ProbeData:
+    """Labelled images of a probe-train and a test split: uint8 (N, 3, H, W) tensors and int64 labels.
+
+    `validation_indices()` holds out the last `fraction` of every class of the training images (for choosing
+    hyperparameters without looking at the test split)."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -79,378 +165,138 @@ class MnistSplits:
     test_labels: torch.Tensor
 
     @classmethod
-    def load(cls, max_train: int | None = None, max_test: int | None = None) -> MnistSplits:
-        from ..mnist import load_mnist_arrays, split_indices
+    def from_saved_dataset(cls, path: str | Path, train_split: str = "train", test_split: str = "test",
+                           image_column: str = "image", label_column: str = "label",
+                           max_per_class: int | None = None, max_test_per_class: int | None = None) -> ProbeData:
+        """A `save_to_disk` folder (e.g. `mage_hf.mnist.save_mnist`); `max_*per_class` keep the first N of each
+        class (small smoke runs)."""
+        from datasets import load_from_disk
 
-        digits, labels = load_mnist_arrays()
-        train, test = split_indices(labels)
-        train, test = _balanced_subset(train, labels, max_train), _balanced_subset(test, labels, max_test)
-        rgb = torch.from_numpy(digits)[:, None].expand(-1, 3, -1, -1).contiguous()
-        labels = torch.from_numpy(labels)
-        return cls(rgb[train], labels[train], rgb[test], labels[test])
+        splits = load_from_disk(str(path))
+        train = _split_arrays(splits[train_split], image_column, label_column, max_per_class)
+        test = _split_arrays(splits[test_split], image_column, label_column, max_test_per_class)
+        return cls(*train, *test)
 
-    def pil(self, split: str) -> list:
-        import PIL.Image
-
-        images = self.train_images if split == "train" else self.test_images
-        return [PIL.Image.fromarray(image) for image in images.permute(0, 2, 3, 1).numpy()]
-
-
-def _balanced_subset(indices: np.ndarray, labels: np.ndarray, limit: int | None) -> np.ndarray:
-    """The first `limit // 10` indices of every class (all of them when `limit` is None)."""
-    if limit is None:
-        return indices
-    per_class = max(1, limit // 10)
-    return np.sort(np.concatenate([indices[labels[indices] == c][:per_class] for c in range(10)]))
-
-
-def batch_order(num_examples: int, batch_size: int, steps: int, seed: int) -> list[torch.Tensor]:
-    """Index batches for `steps` steps: one seeded permutation per epoch, incomplete last batches dropped."""
-    per_epoch = num_examples // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"`batch_size` {batch_size} is larger than the {num_examples} training images")
-    batches = []
-    for epoch in range(math.ceil(steps / per_epoch)):
-        order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        batches.extend(order[: per_epoch * batch_size].view(per_epoch, batch_size))
-    return batches[:steps]
+    def validation_indices(self, fraction: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fit, held-out) indices into the training images: the last `fraction` of every class is held out."""
+        labels = self.train_labels.numpy()
+        fit, held = [], []
+        for c in np.unique(labels):
+            indices = np.flatnonzero(labels == c)
+            cut = len(indices) - max(1, round(fraction * len(indices)))
+            fit.append(indices[:cut])
+            held.append(indices[cut:])
+        return (torch.from_numpy(np.sort(np.concatenate(fit))), torch.from_numpy(np.sort(np.concatenate(held))))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Contenders: a trained module, its loss on a batch of uint8 images, and a feature extractor for the probes
-# ----------------------------------------------------------------------------------------------------------------
+def _split_arrays(dataset, image_column: str, label_column: str, max_per_class: int | None):
+    from ..training.data import to_rgb_image
+
+    labels = np.asarray(dataset[label_column], dtype=np.int64)
+    keep = np.arange(len(labels))
+    if max_per_class is not None:
+        keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:max_per_class] for c in np.unique(labels)]))
+    images = [np.asarray(to_rgb_image(dataset[int(i)][image_column], image_column)) for i in keep]
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels[keep])
 
 
-def _half_normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float in [-1, 1] (mean 0.5, std 0.5): the input of the MAE and I-JEPA encoders."""
-    return images.float().div(255.0).sub(0.5).div(0.5)
+def _to_pil(images: torch.Tensor) -> list:
+    import PIL.Image
+
+    return [PIL.Image.fromarray(image) for image in images.permute(0, 2, 3, 1).numpy()]
 
 
-def _vit_image_processor():
-    from transformers import ViTImageProcessor
-
-    return ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-
-
-class Contender:
-    """A pretraining objective under the shared loop."""
-
-    name = ""
-
-    def __init__(self, config: HarnessConfig, data: MnistSplits):
-        self.config = config
-        self.module = self.build(data)
-
-    def build(self, data: MnistSplits) -> nn.Module:
-        raise NotImplementedError
-
-    def loss(self, indices: torch.Tensor, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
-
-    def after_step(self, step: int) -> None:
-        """Called after each optimizer step (e.g. the EMA update)."""
-
-    def feature_extractor(self):
-        raise NotImplementedError
-
-    def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+def raw_pixel_features(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> (N, C * H * W) float pixels in [0, 1]: the raw-pixel baseline's features."""
+    return images.flatten(1).float().div(255.0)
 
 
-class MageContender(Contender):
-    name = "MAGE"
-
-    def build(self, data: MnistSplits) -> nn.Module:
-        from .. import MageConfig, MageForMaskedImageModeling
-        from ..default_model import DEFAULT_MODEL
-
-        shipped = MageForMaskedImageModeling.from_pretrained(DEFAULT_MODEL)
-        vq_config = shipped.config.vq_config
-        config = MageConfig(
-            image_size=32, codebook_size=shipped.config.codebook_size, num_class_slots=1,
-            hidden_size=MNIST_ENCODER["hidden_size"], num_hidden_layers=MNIST_ENCODER["num_hidden_layers"],
-            num_attention_heads=MNIST_ENCODER["num_attention_heads"],
-            mlp_ratio=MNIST_ENCODER["intermediate_size"] / MNIST_ENCODER["hidden_size"],
-            decoder_hidden_size=MNIST_DECODER["hidden_size"],
-            decoder_num_hidden_layers=MNIST_DECODER["num_hidden_layers"],
-            decoder_num_attention_heads=MNIST_DECODER["num_attention_heads"],
-            max_position_embeddings=65, vq_config=vq_config,
-        )
-        model = MageForMaskedImageModeling(config)
-        model.mage.vqgan.load_state_dict(shipped.mage.vqgan.state_dict())
-        model.mage.vqgan.requires_grad_(False).eval()
-        with torch.inference_mode():  # the tokenizer is frozen and there is no augmentation: tokenize once
-            pixels = data.train_images.float().div(255.0)
-            self.train_tokens = torch.cat([model.mage.tokenize(chunk) for chunk in pixels.split(500)]).clone()
-        return model
-
-    def loss(self, indices, images, generator):
-        model = self.module
-        model.mage.vqgan.eval()
-        tokens = self.train_tokens[indices]
-        masked, dropped = model.sample_masks(len(tokens), generator, tokens.device)
-        output = model(input_ids=model.mage.build_input_ids(tokens), bool_masked_pos=masked,
-                       bool_dropped_pos=dropped, labels=tokens)
-        return output.loss
-
-    def feature_extractor(self):
-        from ..evaluation.representation import FeatureExtractor
-        from ..image_processing_mage import MageImageProcessor
-
-        return FeatureExtractor(self.module.mage, MageImageProcessor.for_image_size(32), pooling="auto")
-
-    def pipeline(self):
-        from ..pipeline_mage import MagePipeline
-
-        pipe = MagePipeline.from_masked_image_model(copy.deepcopy(self.module).eval())
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-
-class MaeContender(Contender):
-    name = "MAE"
-
-    def build(self, data: MnistSplits) -> nn.Module:
-        from transformers import ViTMAEConfig, ViTMAEForPreTraining
-
-        config = ViTMAEConfig(
-            # plain pixel MSE: per-patch normalisation (norm_pix_loss) divides the many all-black MNIST patches by
-            # ~0 and, in our first run, left the loss flat at the predict-the-mean level
-            image_size=32, patch_size=4, num_channels=3, mask_ratio=0.75, norm_pix_loss=False, **MNIST_ENCODER,
-            decoder_hidden_size=MNIST_DECODER["hidden_size"],
-            decoder_num_hidden_layers=MNIST_DECODER["num_hidden_layers"],
-            decoder_num_attention_heads=MNIST_DECODER["num_attention_heads"],
-            decoder_intermediate_size=MNIST_DECODER["intermediate_size"],
-        )
-        return ViTMAEForPreTraining(config)
-
-    def loss(self, indices, images, generator):
-        config = self.module.config
-        noise = torch.rand(len(images), (config.image_size // config.patch_size) ** 2, generator=generator)
-        return self.module(pixel_values=_half_normalise(images), noise=noise).loss
-
-    def feature_extractor(self):
-        from ..evaluation.representation import FeatureExtractor
-
-        return FeatureExtractor(self.module.vit, _vit_image_processor(), pooling="auto")
-
-
-class IJepaContender(Contender):
-    name = "I-JEPA"
-
-    def build(self, data: MnistSplits) -> nn.Module:
-        from .ijepa import ijepa_for_mnist
-
-        return ijepa_for_mnist(
-            hidden_size=MNIST_ENCODER["hidden_size"], num_layers=MNIST_ENCODER["num_hidden_layers"],
-            num_heads=MNIST_ENCODER["num_attention_heads"], predictor_hidden_size=MNIST_DECODER["hidden_size"],
-            predictor_num_layers=MNIST_DECODER["num_hidden_layers"],
-            predictor_num_heads=MNIST_DECODER["num_attention_heads"],
-        )
-
-    def loss(self, indices, images, generator):
-        return self.module(_half_normalise(images), generator=generator)
-
-    def after_step(self, step: int) -> None:
-        from .ijepa import ema_momentum
-
-        self.module.update_target_encoder(ema_momentum(step, self.config.steps))
-
-    def feature_extractor(self):
-        from ..evaluation.representation import FeatureExtractor
-
-        return FeatureExtractor(self.module.encoder_for_evaluation(), _vit_image_processor(), pooling="auto")
-
-
-CONTENDER_CLASSES = {"mage": MageContender, "mae": MaeContender, "ijepa": IJepaContender}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The shared loop and the probes
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ContenderResult:
-    name: str
-    trainable_parameters: int
-    train_seconds: float = 0.0
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    probes: list[dict] = field(default_factory=list)  # per evaluation step: {"step", "linear", "knn"}
-    final: dict = field(default_factory=dict)  # evaluate_features of the last step (with few-shot)
-
-
-def probe(contender: Contender, data: MnistSplits, config: HarnessConfig, step: int, final: bool) -> dict:
-    """Linear probe and k-NN (and few-shot when `final`) on the frozen encoder's features."""
+def probe_features(train_x, train_y, test_x, test_y, probes: Sequence[str] = ("linear", "knn", "few-shot"),
+                   shots: Sequence[int] = (1, 5, 10), seeds: Sequence[int] = (0, 1, 2, 3, 4)) -> dict:
+    """`evaluate_features`, or `{"diverged": True}` when the features are not finite (a diverged run)."""
     from ..evaluation.representation import evaluate_features
 
-    contender.module.eval()
-    extractor = contender.feature_extractor()
-    train_x, test_x = extractor(data.pil("train")), extractor(data.pil("test"))
-    probes = ("linear", "knn", "few-shot") if final else ("linear", "knn")
-    results = evaluate_features(train_x, data.train_labels, test_x, data.test_labels, probes=probes,
-                                shots=config.shots, seeds=config.shot_seeds, seed=config.seed)
-    results["step"] = step
+    if not (torch.isfinite(train_x).all() and torch.isfinite(test_x).all()):
+        return {"diverged": True}
+    return evaluate_features(train_x, train_y, test_x, test_y, probes=probes, shots=shots, seeds=seeds)
+
+
+def probe_encoder(encoder: nn.Module, processor, data: ProbeData, probes: Sequence[str] = ("linear", "knn", "few-shot"),
+                  shots: Sequence[int] = (1, 5, 10), seeds: Sequence[int] = (0, 1, 2, 3, 4),
+                  validation_fraction: float | None = None) -> dict:
+    """Probe the frozen `encoder` (`FeatureExtractor`, pooling "auto") on `data`. With `validation_fraction`, also
+    the linear probe fitted on the rest of the training images and scored on that held-out part of every class
+    (`data.validation_indices`), under `"validation"`."""
+    from ..evaluation.representation import FeatureExtractor
+
+    extractor = FeatureExtractor(encoder, processor, pooling="auto", batch_size=FEATURE_BATCH_SIZE)
+    train_x, test_x = extractor(_to_pil(data.train_images)), extractor(_to_pil(data.test_images))
+    results = probe_features(train_x, data.train_labels, test_x, data.test_labels, probes, shots, seeds)
     results["pooling"] = extractor.pooling_used
+    if validation_fraction is not None:
+        fit, held = data.validation_indices(validation_fraction)
+        results["validation"] = probe_features(train_x[fit], data.train_labels[fit], train_x[held],
+                                               data.train_labels[held], probes=("linear",))
     return results
 
 
-def pretrain(contender: Contender, data: MnistSplits, config: HarnessConfig, log=print) -> ContenderResult:
-    """Train with the shared recipe, probing at step 0, every `eval_every` steps and at the end."""
-    from transformers import get_cosine_schedule_with_warmup
-
-    from ..training.loop import weight_decay_groups
-
-    result = ContenderResult(contender.name, contender.trainable_parameters())
-    module = contender.module
-    optimizer = torch.optim.AdamW(weight_decay_groups(module, config.weight_decay), lr=config.learning_rate,
-                                  betas=(0.9, 0.95))
-    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    batches = batch_order(len(data.train_images), config.batch_size, config.steps, config.seed)
-    result.probes.append(probe(contender, data, config, 0, final=False))
-    start, window = time.perf_counter(), []
-    for step, indices in enumerate(batches, start=1):
-        module.train()
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        loss = contender.loss(indices, data.train_images[indices], generator)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 3.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        contender.after_step(step)
-        window.append(loss.item())
-        if step % 50 == 0 or step == config.steps:
-            result.losses.append((step, float(np.mean(window))))
-            log(f"{contender.name} step {step}/{config.steps} loss {np.mean(window):.4f} "
-                f"({time.perf_counter() - start:.0f} s)")
-            window = []
-        if step % config.eval_every == 0 or step == config.steps:
-            result.train_seconds += time.perf_counter() - start
-            final = step == config.steps
-            probes = probe(contender, data, config, step, final)
-            result.probes.append(probes)
-            if final:
-                result.final = probes
-            log(f"{contender.name} step {step}: linear {probes['linear']['accuracy']:.3f} "
-                f"k-NN {probes['knn']['accuracy']:.3f}")
-            start = time.perf_counter()
-    return result
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# MAGE's samples
+# Samples
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def generation_grid(config: HarnessConfig) -> list[tuple[int, float]]:
-    """(steps, temperature) settings: the steps sweep at the default temperature, then the temperature sweep."""
-    grid = [(steps, config.default_temperature) for steps in config.fid_steps]
-    grid += [(config.default_steps, t) for t in config.fid_temperatures if (config.default_steps, t) not in grid]
-    return grid
+def sample_images(model, num_images: int, batch_size: int, seed: int = 0, num_inference_steps: int = 12,
+                  choice_temperature: float = 4.5) -> torch.Tensor:
+    """Unconditional samples of a `MageForMaskedImageModeling` (image i seeded `seed + i`): uint8 (N, 3, H, W)."""
+    from ..pipeline_mage import MagePipeline
+    from ..sampling import sample_uint8_batches
+
+    pipe = MagePipeline.from_masked_image_model(model.eval())
+    pipe.set_progress_bar_config(disable=True)
+    return torch.cat(list(sample_uint8_batches(pipe, range(num_images), batch_size, seed=seed,
+                                               num_inference_steps=num_inference_steps,
+                                               choice_temperature=choice_temperature)))
 
 
-def score_samples(pipe, settings, config: HarnessConfig, real_features, judge, extractor, log=print) -> list[dict]:
-    """FID / KID / precision / recall (Inception) and the judge's score of `fid_images` samples per setting."""
-    from ..evaluation.generation import sample_batches
-    from ..evaluation.metrics import (
-        FeatureStatistics,
-        frechet_distance,
-        inception_score,
-        kernel_distance,
-        precision_recall,
-    )
+class GenerationScorer:
+    """Scores sets of generated digits against a fixed set of real ones.
 
-    real_stats = FeatureStatistics.from_features(real_features)
-    rows = []
-    for steps, temperature in settings:
-        start = time.perf_counter()
-        images = torch.cat(list(sample_batches(
-            pipe, config.fid_images, config.fid_batch_size, seed=config.seed,
-            num_inference_steps=steps, choice_temperature=temperature,
-        )))
-        sample_seconds = time.perf_counter() - start
-        features = extractor(images).numpy()
-        precision, recall = precision_recall(real_features, features)
-        kid, _ = kernel_distance(real_features, features, subset_size=min(len(features), 1000))
-        score, _ = inception_score(judge.probabilities(images), splits=1)
-        rows.append({
-            "num_inference_steps": steps, "choice_temperature": temperature,
-            "fid": frechet_distance(real_stats, FeatureStatistics.from_features(features)), "kid": kid,
-            "precision": precision, "recall": recall, "judge_score": score,
-            "sample_seconds": sample_seconds,
-        })
-        log(f"MAGE samples, {steps} steps, temperature {temperature}: FID {rows[-1]['fid']:.1f} "
-            f"precision {precision:.2f} recall {recall:.2f} judge score {score:.2f}")
-    return rows
+    `real_images`: uint8 (N, 3, H, W); `judge`: a `MnistJudge`; `inception`: an `InceptionFeatureExtractor`.
+    `score(images)` -> FID, KID, precision / recall (k = 3) on Inception features, `judge_score` (the Inception
+    Score formula with the judge's probabilities, at most 10) and `judge_fd` (Fréchet distance in the judge's
+    hidden-layer features)."""
 
+    def __init__(self, real_images: torch.Tensor, judge, inception, real_inception_features: np.ndarray | None = None):
+        from ..evaluation.generation import ImageSetFeatures
+        from ..evaluation.metrics import FeatureStatistics
 
-# ----------------------------------------------------------------------------------------------------------------
-# The whole comparison
-# ----------------------------------------------------------------------------------------------------------------
+        self.judge, self.inception = judge, inception
+        features = real_inception_features if real_inception_features is not None else inception(real_images).numpy()
+        self.real = ImageSetFeatures(features, None, tuple(real_images.shape[-2:]))
+        self.real_judge = FeatureStatistics.from_features(judge.features(real_images))
 
+    def score(self, images: torch.Tensor) -> dict:
+        from ..evaluation.generation import ImageSetFeatures, generation_metrics
+        from ..evaluation.metrics import FeatureStatistics, frechet_distance
 
-def run_comparison(config: HarnessConfig, log=print) -> dict:
-    """Train and probe every contender, score MAGE's samples; returns a JSON-able dict."""
-    from .. import MagePipeline
-    from ..default_model import DEFAULT_PIPELINE
-    from ..evaluation.inception import InceptionFeatureExtractor
-    from ..evaluation.mnist_judge import train_mnist_judge
-
-    started = time.perf_counter()
-    data = MnistSplits.load(config.max_train_images, config.max_test_images)
-    results = {"config": asdict(config), "torch_threads": torch.get_num_threads(), "contenders": {}}
-    mage = None
-    for key in config.contenders:
-        torch.manual_seed(config.seed)  # the same initialisation seed for every contender
-        contender = CONTENDER_CLASSES[key](config, data)
-        results["contenders"][key] = asdict(pretrain(contender, data, config, log))
-        if key == "mage":
-            mage = contender
-
-    if mage is not None:
-        extractor = InceptionFeatureExtractor(batch_size=100)
-        judge = train_mnist_judge(config.seed)
-        real_features = extractor(data.test_images).numpy()
-        results["judge_heldout_accuracy"] = judge.heldout_accuracy
-        results["generation"] = score_samples(mage.pipeline(), generation_grid(config), config, real_features,
-                                              judge, extractor, log)
-        shipped = MagePipeline.from_pretrained(DEFAULT_PIPELINE)
-        shipped.set_progress_bar_config(disable=True)
-        results["shipped_mage_mnist"] = score_samples(
-            shipped, [(config.default_steps, config.default_temperature)], config, real_features, judge, extractor,
-            log,
-        )[0]
-        # the floor: as many real training digits (a seeded random draw, all classes) against the held-out ones
-        pick = torch.randperm(len(data.train_images), generator=torch.Generator().manual_seed(config.seed))
-        real_rows = data.train_images[pick[: config.fid_images]]
-        results["real_train_digits"] = _score_real(real_rows, real_features, judge, extractor)
-    results["total_seconds"] = time.perf_counter() - started
-    return results
-
-
-def _score_real(images, real_features, judge, extractor) -> dict:
-    from ..evaluation.metrics import FeatureStatistics, frechet_distance, inception_score, precision_recall
-
-    features = extractor(images).numpy()
-    precision, recall = precision_recall(real_features, features)
-    return {
-        "fid": frechet_distance(FeatureStatistics.from_features(real_features),
-                                FeatureStatistics.from_features(features)),
-        "precision": precision, "recall": recall,
-        "judge_score": inception_score(judge.probabilities(images), splits=1)[0],
-    }
+        fake = ImageSetFeatures(self.inception(images).numpy(), self.judge.probabilities(images),
+                                tuple(images.shape[-2:]))
+        metrics = generation_metrics(self.real, fake, is_splits=1)
+        metrics["judge_score"] = metrics.pop("inception_score")
+        metrics.pop("inception_score_std", None)
+        metrics["judge_fd"] = frechet_distance(self.real_judge, FeatureStatistics.from_features(
+            self.judge.features(images)))
+        return metrics
 
 
 __all__ = [
     "CONTENDERS",
-    "ContenderResult",
-    "HarnessConfig",
-    "MnistSplits",
-    "batch_order",
-    "generation_grid",
-    "pretrain",
-    "probe",
-    "run_comparison",
-    "score_samples",
+    "Contender",
+    "GenerationScorer",
+    "ProbeData",
+    "load_checkpoint",
+    "probe_encoder",
+    "probe_features",
+    "raw_pixel_features",
+    "sample_images",
 ]
