@@ -226,3 +226,21 @@ def test_mnist_parameter_count_close_to_mae():
     mae_trainable = sum(p.numel() for p in mae.parameters() if p.requires_grad)
     assert abs(ijepa_trainable - mae_trainable) / mae_trainable < 0.15, (ijepa_trainable, mae_trainable)
     assert isinstance(model.context_encoder.config, IJepaConfig)
+
+
+def test_ijepa_task_saves_only_the_target_encoder_and_checks_its_flags():
+    """`IJepaTask` (the loop's task): the final folder's state dict is the EMA target encoder's, and a decreasing
+    or out-of-range `--ema-momentum` is refused before training."""
+    import argparse
+
+    from mage_hf.comparison.tasks import IJepaTask, add_ijepa_arguments
+
+    model = _small_model()
+    exported = IJepaTask.export_state_dict(None, model.state_dict())
+    assert exported.keys() == model.target_encoder.state_dict().keys()
+    parser = argparse.ArgumentParser()
+    add_ijepa_arguments(parser)
+    for bad in (["0.9", "0.5"], ["0.5", "1.5"]):
+        args = parser.parse_args(["--output-dir", "unused", "--ema-momentum", *bad])
+        with pytest.raises(ValueError, match="--ema-momentum"):
+            IJepaTask.validate_arguments(args)
