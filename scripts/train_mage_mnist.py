@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from mage_hf import MageConfig, MageForMaskedImageModeling, MageImageProcessor, MagePipeline
+from mage_hf.atomic_files import atomic_directory
 from mage_hf.commands import main as mage_hf_cli
 from mage_hf.mnist import CLASS_NAMES, MNIST_IMAGE_SIZE, save_mnist
 
@@ -89,17 +90,13 @@ def stage_package(mage_dir: Path, destination: Path = PACKAGE_DIR) -> None:
     from mage_hf.model_card import write_model_card
 
     model = MageForMaskedImageModeling.from_pretrained(mage_dir, dtype=torch.float32).eval()
-    tmp = destination.with_name(destination.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "model")
-    MageImageProcessor.for_image_size(model.config.image_size).save_pretrained(tmp / "model")
-    MagePipeline.from_masked_image_model(model).save_pretrained(tmp / "pipeline")
-    for kind, folder in (("pretraining", tmp / "model"), ("pipeline", tmp / "pipeline")):
-        name = "mage-mnist" if kind == "pretraining" else "mage-mnist-pipeline"
-        write_model_card(folder, kind=kind, datasets=["mnist"], extra_text=MODEL_CARD_TEXT, model_name=name)
-    if destination.exists():
-        shutil.rmtree(destination)
-    tmp.rename(destination)
+    with atomic_directory(destination, overwrite=True) as tmp:
+        model.save_pretrained(tmp / "model")
+        MageImageProcessor.for_image_size(model.config.image_size).save_pretrained(tmp / "model")
+        MagePipeline.from_masked_image_model(model).save_pretrained(tmp / "pipeline")
+        for kind, folder in (("pretraining", tmp / "model"), ("pipeline", tmp / "pipeline")):
+            name = "mage-mnist" if kind == "pretraining" else "mage-mnist-pipeline"
+            write_model_card(folder, kind=kind, datasets=["mnist"], extra_text=MODEL_CARD_TEXT, model_name=name)
     print(f"packaged {destination}")
 
 

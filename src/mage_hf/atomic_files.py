@@ -1,6 +1,7 @@
 """Writing outputs atomically: a folder or file appears complete, or not at all (a temporary sibling is renamed into
 place only on success), so an interrupted command never leaves a half-written model, checkpoint or results file."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,6 +42,21 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False, flag: str
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def shared_atomic_directory(path: str | os.PathLike, state, overwrite: bool = False) -> Iterator[Path]:
+    """`atomic_directory` for every process of an accelerate run (`state`: a `PartialState`): the main process
+    makes the temporary folder and tells the others its path; all write into it; once every process is done the
+    main process renames it into place."""
+    from accelerate.utils import broadcast_object_list
+
+    with contextlib.ExitStack() as stack:
+        tmp = [stack.enter_context(atomic_directory(path, overwrite)) if state.is_main_process else None]
+        if state.num_processes > 1:
+            broadcast_object_list(tmp)
+        yield Path(tmp[0])
+        state.wait_for_everyone()
+
+
 def write_json_atomically(path: str | os.PathLike, data: dict) -> Path:
     """Write `data` as indented JSON to `path` through a temporary file in the same folder and `os.replace`."""
     path = Path(path)
@@ -57,4 +73,4 @@ def write_json_atomically(path: str | os.PathLike, data: dict) -> Path:
     return path
 
 
-__all__ = ["atomic_directory", "write_json_atomically"]
+__all__ = ["atomic_directory", "shared_atomic_directory", "write_json_atomically"]

@@ -11,8 +11,8 @@ gathers the features, computes the metrics and writes the outputs.
 """
 
 import argparse
+import contextlib
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from ..atomic_files import write_json_atomically
+from ..atomic_files import shared_atomic_directory, write_json_atomically
 from ..sampling import balanced_labels, sample_uint8_batches, shard_indices
 from .options import add_sampling_arguments, check_sampling_arguments, load_pipeline, pipeline_call_kwargs, precision_context
 
@@ -169,38 +169,26 @@ def evaluate_generation(args: argparse.Namespace) -> dict | None:
     else:  # checks the first real image at once
         real_batches, checker = _real_batches(args, batch_size, shard)
         real_size = (checker.size[1], checker.size[0])
-    png_folder = Path(args.save_dir).with_name(Path(args.save_dir).name + ".partial") if args.save_dir else None
-    if png_folder is not None and state.is_main_process:
-        shutil.rmtree(png_folder, ignore_errors=True)
-        png_folder.mkdir(parents=True)
-    state.wait_for_everyone()
-    if args.generated_dir:
-        generated_checker = ImageChecker("generated images", args.convert_grayscale)
-        if real_size is not None:  # every generated image must match the real ones
-            generated_checker.size, generated_checker.first = (real_size[1], real_size[0]), "the real images"
-        total, batches = folder_batches(args.generated_dir, generated_checker, batch_size, shard=shard)
-    else:
-        total, batches = _sampled_batches(args, state, batch_size, real_size, png_folder)
-    try:
+    with contextlib.ExitStack() as stack:  # sampled PNGs appear in --save-dir complete, or not at all
+        png_folder = stack.enter_context(shared_atomic_directory(args.save_dir, state)) if args.save_dir else None
+        if args.generated_dir:
+            generated_checker = ImageChecker("generated images", args.convert_grayscale)
+            if real_size is not None:  # every generated image must match the real ones
+                generated_checker.size, generated_checker.first = (real_size[1], real_size[0]), "the real images"
+            total, batches = folder_batches(args.generated_dir, generated_checker, batch_size, shard=shard)
+        else:
+            total, batches = _sampled_batches(args, state, batch_size, real_size, png_folder)
         real = None
         if real_batches is not None:
             real = compute_features(real_batches[1], real_batches[0], extractor, None, "real images", progress)
         fake = compute_features(batches, total, extractor, classifier, "generated images", progress)
-    except BaseException:
-        if png_folder is not None:
-            shutil.rmtree(png_folder, ignore_errors=True)
-        raise
-    real, fake = _gather_features(real), _gather_features(fake)
-    state.wait_for_everyone()
+        real, fake = _gather_features(real), _gather_features(fake)
     if not state.is_main_process:
         return None
     if real is not None and args.save_real_statistics:
         FeatureStatistics.from_features(real.features).save(args.save_real_statistics)
     results = generation_metrics(real, fake, real_statistics, k=args.k)
-    if png_folder is not None:
-        if Path(args.save_dir).exists():
-            Path(args.save_dir).rmdir()  # checked empty above
-        png_folder.rename(args.save_dir)
+    if args.save_dir:
         results["saved_to"] = str(args.save_dir)
     results["settings"] = {
         key: value for key, value in vars(args).items()
