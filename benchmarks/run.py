@@ -8,17 +8,8 @@ See benchmarks/README.md for what each row measures and how to read the numbers.
     python benchmarks/run.py --size vit-b --batch-size 4 --threads 2 --repeats 3 --json vit-b.json
 """
 
-from __future__ import annotations
-
 import argparse
-import ctypes
-import gc
-import inspect
 import json
-import os
-import platform
-import re
-import resource
 import statistics
 import sys
 import time
@@ -26,30 +17,29 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
+from measure import (
+    RowMonitor,
+    cpu_name,
+    decoder_and_head_flops,
+    encoder_flops,
+    fmt,
+    matmul_peak_gflops,
+    quantizer_flops,
+    time_call,
+    torch_counted_flops,
+    transformer_stack_flops,
+    vq_decoder_flops,
+    vq_encoder_flops,
+)
 from transformers import ViTConfig, ViTModel
 
-from mage_hf import MageConfig, MageForMaskedImageModeling
-
-try:
-    from mage_hf import MagePipeline
-except ImportError:
-    try:
-        from mage_hf.pipeline_mage import MagePipeline
-    except ImportError:
-        MagePipeline = None
-try:
-    from mage_hf.scheduling_mage import MageScheduler
-except ImportError:
-    MageScheduler = None
+from mage_hf import MageConfig, MageForMaskedImageModeling, MagePipeline, MageScheduler
 
 ROW_NAMES = ("tokenize", "decode", "features", "encoder", "vit", "gen_step", "generate", "train")
 HEAVY_ROWS = ("generate", "train")  # run `--heavy-repeats` times (default: fewer than `--repeats`)
 DEFAULT_REPEATS = {"tiny": 5, "vit-b": 3, "vit-l": 2}
 GENERATION_STEPS = 12  # the original's default number of decoding iterations
 GENERATION_MASK_FRACTION = 0.5  # fraction of masked tokens in the input of the single generation-step row
-# Peak reference: one square matmul of this side (fp32 unless --dtype says otherwise).
-PEAK_MATMUL_SIDE = {"cpu": 2048, "cuda": 8192}
-PEAK_MATMUL_MIN_REPEATS = 5
 
 # The original code (MAGE repo, ViT-B, batch 4, fp32, 2 threads) as measured by the project on this CPU.
 ORIGINAL_REFERENCE = {
@@ -120,82 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------------------
-# FLOPs (analytic). One multiply-add = 2 FLOPs; only matmuls and convolutions are counted (norms, softmax,
-# activations, pooling, embedding lookups and AdamW are left out).
-
-
-def linear_flops(tokens: int, fan_in: int, fan_out: int) -> int:
-    return 2 * tokens * fan_in * fan_out
-
-
-def transformer_stack_flops(length: int, width: int, layers: int, mlp_ratio: float) -> int:
-    """Per sequence: qkv, scores Q K^T, probs V, out proj, MLP fc1 and fc2, for `layers` blocks."""
-    hidden = int(width * mlp_ratio)
-    attention = 2 * (2 * length * length * width)
-    per_layer = (
-        linear_flops(length, width, 3 * width)
-        + attention
-        + linear_flops(length, width, width)
-        + linear_flops(length, width, hidden)
-        + linear_flops(length, hidden, width)
-    )
-    return layers * per_layer
-
-
-def conv_flops(conv: torch.nn.Conv2d, side: int) -> int:
-    """2 * Cin * Cout * k * k * H * W for a stride-1 'same' conv on a side x side map."""
-    out_channels, in_channels, kernel_h, kernel_w = conv.weight.shape
-    return 2 * in_channels * out_channels * kernel_h * kernel_w * side * side
-
-
-def resnet_block_flops(block, side: int) -> int:
-    convs = (block.conv1, block.conv2, block.nin_shortcut)
-    return sum(conv_flops(conv, side) for conv in convs if conv is not None)
-
-
-def vq_encoder_flops(vqgan, image_size: int) -> int:
-    """Per image: every conv of the VQGAN encoder, walking its levels (2x2 average pool between levels)."""
-    encoder, side = vqgan.encoder, image_size
-    flops = conv_flops(encoder.conv_in, side)
-    for level, blocks in enumerate(encoder.down_blocks):
-        flops += sum(resnet_block_flops(block, side) for block in blocks)
-        if level != len(encoder.down_blocks) - 1:
-            side //= 2
-    flops += sum(resnet_block_flops(block, side) for block in encoder.mid_blocks)
-    return flops + conv_flops(encoder.conv_out, side)
-
-
-def vq_decoder_flops(vqgan, image_size: int) -> int:
-    """Per image: every conv of the VQGAN decoder (nearest x2 upsampling, then a conv, between levels)."""
-    decoder, side = vqgan.decoder, image_size // vqgan.downsample_factor
-    flops = conv_flops(decoder.conv_in, side)
-    flops += sum(resnet_block_flops(block, side) for block in decoder.mid_blocks)
-    for index, blocks in enumerate(decoder.up_blocks):
-        flops += sum(resnet_block_flops(block, side) for block in blocks)
-        if index < len(decoder.upsamplers):
-            side *= 2
-            flops += conv_flops(decoder.upsamplers[index].conv, side)
-    return flops + conv_flops(decoder.conv_out, side)
-
-
-def quantizer_flops(config: MageConfig) -> int:
-    """Per image: the N x K distance matmul of nearest-codebook search."""
-    return linear_flops(config.num_image_tokens, config.vq_config["vq_embed_dim"], config.codebook_size)
-
-
-def encoder_flops(config: MageConfig, length: int) -> int:
-    return transformer_stack_flops(length, config.hidden_size, config.num_hidden_layers, config.mlp_ratio)
-
-
-def decoder_and_head_flops(config: MageConfig, encoder_length: int) -> tuple[int, int]:
-    """Per sequence: (decoder embed + decoder blocks + MLM-head dense, MLM-head product with the vocab)."""
-    length = 1 + config.num_image_tokens
-    flops = linear_flops(encoder_length, config.hidden_size, config.decoder_hidden_size)
-    flops += transformer_stack_flops(
-        length, config.decoder_hidden_size, config.decoder_num_hidden_layers, config.mlp_ratio
-    )
-    flops += linear_flops(length, config.decoder_hidden_size, config.hidden_size)
-    return flops, linear_flops(length, config.hidden_size, config.vocab_size)
+# FLOPs per image of every row.
 
 
 def analytic_flops(config: MageConfig, vqgan, vit_config: ViTConfig) -> dict[str, int]:
@@ -229,148 +144,6 @@ def analytic_flops(config: MageConfig, vqgan, vit_config: ViTConfig) -> dict[str
         "generate": GENERATION_STEPS * gen_step + decode,
         "train": train,
     }
-
-
-def torch_counted_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call by torch's own per-op formulas (`torch.utils.flop_counter.flop_registry`, as used by
-    FlopCounterMode), counted in a bare dispatch mode: FlopCounterMode's module tracker fails on the backward
-    of the MLM head's detached embedding weight."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import flop_registry
-
-    total = 0
-
-    class CountFlops(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            nonlocal total
-            kwargs = kwargs or {}
-            out = func(*args, **kwargs)
-            formula = flop_registry.get(func._overloadpacket)
-            if formula is not None:
-                total += formula(*args, **kwargs, out_val=out)
-            return out
-
-    with CountFlops():
-        fn()
-    return total
-
-
-# ----------------------------------------------------------------------------------------------------
-# Timing and memory.
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _proc_status_kib(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            match = re.search(rf"^{key}:\s+(\d+) kB", status.read(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-def _release_freed_memory() -> None:
-    """glibc: hand freed heap memory back to the OS, so that a row's RSS peak is not hidden by memory that an
-    earlier row freed but the allocator kept."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_peak_rss() -> bool:
-    """Linux: writing 5 to /proc/self/clear_refs resets the peak RSS (VmHWM) to the current RSS."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(busy ticks of the whole machine including steal, ticks of this process) from /proc, or None."""
-    try:
-        with open("/proc/stat") as stat:
-            machine = [int(value) for value in stat.readline().split()[1:]]
-        with open("/proc/self/stat") as stat:
-            own = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError, ValueError):
-        return None
-    idle, iowait = machine[3], machine[4]
-    busy = sum(machine[:8]) - idle - iowait  # user nice system idle iowait irq softirq steal
-    return busy, int(own[11]) + int(own[12])  # utime, stime (fields 14 and 15 of stat)
-
-
-class RowMonitor:
-    """Peak memory and foreign CPU load of a block.
-
-    Memory: CUDA max_memory_allocated above the block's start, or on CPU the peak RSS above the RSS at entry
-    (VmHWM after resetting it; ru_maxrss delta where /proc is unavailable, which only sees new process peaks).
-    Foreign load: average number of cores busy with other processes (or stolen by the hypervisor) meanwhile;
-    anything well above 0 means the timings of that row are inflated.
-    """
-
-    def __init__(self, device: str):
-        self.device = device
-        self.mib: float | None = None
-        self.other_cores: float | None = None
-
-    def __enter__(self):
-        gc.collect()
-        if self.device == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-        else:
-            _release_freed_memory()
-            self.resettable = _reset_peak_rss()
-            self.start = _proc_status_kib("VmRSS") if self.resettable else self._cpu_peak()
-        self.ticks, self.wall = _cpu_ticks(), time.perf_counter()
-        return self
-
-    def _cpu_peak(self) -> int:
-        if self.resettable:
-            return _proc_status_kib("VmHWM")
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    def __exit__(self, *exc):
-        ticks, wall = _cpu_ticks(), time.perf_counter() - self.wall
-        if ticks is not None and self.ticks is not None and wall > 0:
-            busy, own = (now - before for now, before in zip(ticks, self.ticks, strict=True))
-            self.other_cores = max(0.0, (busy - own) / os.sysconf("SC_CLK_TCK") / wall)
-        if self.device == "cuda":
-            self.mib = (torch.cuda.max_memory_allocated() - self.start) / 2**20
-        else:
-            self.mib = max(0, self._cpu_peak() - self.start) / 1024
-        return False
-
-
-def time_call(fn: Callable[[], object], repeats: int, warmup: int, device: str) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def matmul_peak_gflops(device: str, dtype: torch.dtype, repeats: int) -> tuple[float, int]:
-    """GFLOP/s of one large square matmul (median over repeats), and its side."""
-    side = PEAK_MATMUL_SIDE[device]
-    generator = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(side, side, device=device, dtype=dtype, generator=generator)
-    b = torch.randn(side, side, device=device, dtype=dtype, generator=generator)
-    times = time_call(lambda: torch.mm(a, b), max(repeats, PEAK_MATMUL_MIN_REPEATS), 1, device)
-    return 2 * side**3 / statistics.median(times) / 1e9, side
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -412,60 +185,39 @@ def matching_vit_config(config: MageConfig) -> ViTConfig:
     )
 
 
-def build_scheduler(config: MageConfig):
-    """A MageScheduler with every constructor argument it shares with MageConfig taken from the config."""
-    parameters = inspect.signature(MageScheduler.__init__).parameters
-    shared = {name: getattr(config, name) for name in parameters if name != "self" and hasattr(config, name)}
-    return MageScheduler(**shared)
+def build_pipeline(model, vqgan) -> MagePipeline:
+    """The pipeline of the benchmarked transformer and tokenizer (default scheduler settings)."""
+    scheduler = MageScheduler(mask_token_id=model.config.mask_token_id)
+    pipe = MagePipeline(vqvae=vqgan, transformer=model, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
-def generation_fn(
-    model, vqgan, config: MageConfig, batch: int, device: str, seed: int
-) -> tuple[Callable | None, str]:
-    """Full 12-step generation: MagePipeline if importable, else model + MageScheduler loop, else None."""
-    if MageScheduler is None:
-        return None, "n/a: mage_hf.scheduling_mage.MageScheduler not importable"
-    scheduler = build_scheduler(config)
-    if MagePipeline is not None:
-        pipe = MagePipeline(vqvae=vqgan, transformer=model, scheduler=scheduler)
-        pipe.set_progress_bar_config(disable=True)
+def generation_fn(pipe: MagePipeline, batch: int, device: str, seed: int) -> Callable:
+    """Full 12-step generation (per-image generators, as `mage-hf generate`) + decode, through the pipeline."""
 
-        def run_pipeline():
-            generator = torch.Generator(device=device).manual_seed(seed)
-            return pipe(
-                batch_size=batch, num_inference_steps=GENERATION_STEPS, generator=generator, output_type="pt"
-            )
+    def generate():
+        generators = [torch.Generator(device=device).manual_seed(seed + i) for i in range(batch)]
+        return pipe(batch_size=batch, num_inference_steps=GENERATION_STEPS, generator=generators, output_type="pt")
 
-        return run_pipeline, "MagePipeline"
-
-    def run_loop():
-        generator = torch.Generator(device=device).manual_seed(seed)
-        ids = torch.full(
-            (batch, config.num_image_tokens), config.mask_token_id, dtype=torch.long, device=device
-        )
-        condition = ids.new_full((batch, 1), config.fake_class_id)
-        scheduler.set_timesteps(GENERATION_STEPS, device=device)
-        for step_index, _ in enumerate(scheduler.timesteps):
-            logits = model(input_ids=torch.cat([condition, ids], dim=1)).logits[:, 1:, : config.codebook_size]
-            ids = scheduler.step(logits.float(), step_index, ids, generator=generator).prev_sample
-        return vqgan.decode_indices(ids)
-
-    return run_loop, "model + MageScheduler loop (pipeline not importable)"
+    return generate
 
 
-def generation_step_fn(model, input_ids: torch.LongTensor, generator: torch.Generator) -> Callable:
-    """One decoding step on ids with a fraction of the image tokens masked: forward, then sample every masked
-    token from the codebook logits."""
-    config = model.config
+def generation_step_fn(pipe: MagePipeline, input_ids: torch.LongTensor, generator: torch.Generator) -> Callable:
+    """One decoding step as the pipeline runs it (`decode_step`: forward, token sampling, re-masking), on ids with
+    a fraction of the image tokens masked, its uniforms drawn from `generator`."""
+    config = pipe.transformer.config
     batch, n = input_ids.shape[0], config.num_image_tokens
     masked = torch.rand(batch, n, generator=generator, device=input_ids.device) < GENERATION_MASK_FRACTION
-    step_ids = input_ids.clone()
-    step_ids[:, 1:][masked] = config.mask_token_id
+    latents = input_ids[:, 1:].masked_fill(masked, config.mask_token_id)
+    condition = input_ids[:, 0]
+    pipe.scheduler.set_timesteps(GENERATION_STEPS)
+    step, guidance = torch.tensor(GENERATION_STEPS // 2), torch.tensor(1.0)
+    pipe._guidance_scale = 1.0
 
     def gen_step():
-        logits = model(input_ids=step_ids).logits[:, 1:, : config.codebook_size].float()
-        sampled = torch.multinomial(logits.softmax(-1).flatten(0, 1), 1, generator=generator).view(batch, n)
-        return torch.where(masked, sampled, step_ids[:, 1:])
+        noise = pipe.scheduler.draw_noise(tuple(latents.shape), generator, latents.device)
+        return pipe.decode_step(latents, condition, step, noise, guidance)
 
     return gen_step
 
@@ -506,9 +258,12 @@ def build_rows(args: argparse.Namespace, config: MageConfig) -> tuple[list[Row],
     vit = ViTModel._from_config(vit_config, add_pooling_layer=False, attn_implementation=args.attn)
     vit = vit.to(device, dtype).eval()
     mage, vqgan = model.mage, model.mage.vqgan
-    if args.compile:
-        for module in (vqgan.encoder, vqgan.decoder, mage, model.decoder, model.mlm_head, vit):
+    pipe = build_pipeline(model, vqgan)
+    if args.compile:  # the modules, and the pipeline's whole decoding step (fullgraph)
+        vqgan.compile_convs()
+        for module in (mage, model.decoder, model.mlm_head, vit):
             module.compile()
+        pipe.compile_decoding_step()
 
     generator = torch.Generator(device=device).manual_seed(args.seed)
     n = config.num_image_tokens
@@ -523,7 +278,6 @@ def build_rows(args: argparse.Namespace, config: MageConfig) -> tuple[list[Row],
     )
     tokens = torch.randint(0, config.codebook_size, (batch, n), generator=generator, device=device)
     input_ids = mage.build_input_ids(tokens)
-    generate, generate_how = generation_fn(model, vqgan, config, batch, device, args.seed)
     rows = [
         Row("tokenize", "VQGAN encode + quantize", lambda: vqgan.tokenize(pixels)),
         Row("decode", "VQGAN decode_indices", lambda: vqgan.decode_indices(tokens)),
@@ -532,10 +286,11 @@ def build_rows(args: argparse.Namespace, config: MageConfig) -> tuple[list[Row],
         Row("vit", f"ViTModel(pixel_values), {1 + n} tokens", lambda: vit(pixel_values=pixels)),
         Row(
             "gen_step",
-            "1 generation step: forward + sampling",
-            generation_step_fn(model, input_ids, generator),
+            "1 decoding step: forward + sampling + re-masking",
+            generation_step_fn(pipe, input_ids, generator),
         ),
-        Row("generate", f"full {GENERATION_STEPS}-step generation + decode", generate, note=generate_how),
+        Row("generate", f"full {GENERATION_STEPS}-step generation + decode", generation_fn(pipe, batch, device, args.seed),
+            note="MagePipeline"),
         Row(
             "train",
             "train step: sampled masks, fwd + bwd + AdamW",
@@ -589,10 +344,6 @@ def compare(rows: list[Row], args: argparse.Namespace) -> bool:
     return at_reference
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def markdown_table(rows: list[Row], at_reference: bool) -> str:
     header = [
         "row",
@@ -623,26 +374,17 @@ def markdown_table(rows: list[Row], at_reference: bool) -> str:
                 f"{row.gflop_per_image:.4g}",
                 f"{row.gflop_per_s:.1f}",
                 f"{100 * row.fraction_of_peak:.0f}%",
-                _fmt(row.peak_mem_mib, ".0f"),
-                _fmt(row.vs_vit, ".2f"),
-                _fmt(row.other_cores, ".2f"),
+                fmt(row.peak_mem_mib, ".0f"),
+                fmt(row.vs_vit, ".2f"),
+                fmt(row.other_cores, ".2f"),
             ]
             if at_reference:
                 cells += [
-                    _fmt(row.original_s, ".1f"),
+                    fmt(row.original_s, ".1f"),
                     "n/a" if row.speedup_vs_original is None else f"{row.speedup_vs_original:.2f}x",
                 ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read(), re.MULTILINE)
-        return match.group(1) if match else platform.processor()
-    except OSError:
-        return platform.processor()
 
 
 @dataclass

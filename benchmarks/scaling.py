@@ -21,7 +21,6 @@ benchmarks/run.py.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -32,23 +31,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from measure import (
+    RowMonitor,
+    cpu_name,
+    cpu_ticks,
+    decoder_and_head_flops,
+    encoder_flops,
+    fmt,
+    matmul_peak_gflops,
+    time_call,
+    transformer_stack_flops,
+    vq_decoder_flops,
+)
 
 from mage_hf import MageConfig, MageForMaskedImageModeling, MagePipeline
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-
-def _load_run_helpers():
-    """benchmarks/run.py as a module (the folder is not a package): its timing, memory and FLOP helpers."""
-    spec = importlib.util.spec_from_file_location("mage_benchmarks_run", HERE / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_run_helpers()
 
 # A narrow VQGAN with the release's 5 levels (downsampling 16): pixels -> tokens exactly as in MAGE.
 SCALING_VQ_CONFIG = {
@@ -116,17 +116,17 @@ def build_pipeline(config: MageConfig) -> MagePipeline:
 
 
 def attention_flops(length: int, width: int, layers: int) -> int:
-    """QK^T and PV of `layers` blocks on one sequence (the N^2 part of `bench.transformer_stack_flops`)."""
+    """QK^T and PV of `layers` blocks on one sequence (the N^2 part of `transformer_stack_flops`)."""
     return layers * 2 * (2 * length * length * width)
 
 
 def analytic(point: Point, config: MageConfig, pipe: MagePipeline) -> None:
     length = 1 + config.num_image_tokens
-    decoder, vocab = bench.decoder_and_head_flops(config, length)
-    step = bench.encoder_flops(config, length) + decoder + vocab
+    decoder, vocab = decoder_and_head_flops(config, length)
+    step = encoder_flops(config, length) + decoder + vocab
     attention = attention_flops(length, config.hidden_size, config.num_hidden_layers)
     attention += attention_flops(length, config.decoder_hidden_size, config.decoder_num_hidden_layers)
-    point.gflop_per_image = (point.steps * step + bench.vq_decoder_flops(pipe.vqvae, config.image_size)) / 1e9
+    point.gflop_per_image = (point.steps * step + vq_decoder_flops(pipe.vqvae, config.image_size)) / 1e9
     point.attention_fraction = attention / step
     point.tokens = config.num_image_tokens
     point.params_m = sum(p.numel() for p in pipe.transformer.parameters()) / 1e6
@@ -134,8 +134,8 @@ def analytic(point: Point, config: MageConfig, pipe: MagePipeline) -> None:
 
 def measure(fn, repeats: int, warmup: int) -> tuple[list[float], float | None, float | None]:
     """(times, peak MiB above the start, other processes' cores) of `warmup` + `repeats` calls."""
-    with torch.inference_mode(), bench.RowMonitor("cpu") as monitor:
-        times = bench.time_call(fn, repeats, warmup, "cpu")
+    with torch.inference_mode(), RowMonitor("cpu") as monitor:
+        times = time_call(fn, repeats, warmup, "cpu")
     return times, monitor.mib, monitor.other_cores
 
 
@@ -182,9 +182,9 @@ def run_point_retrying(point: Point, args: argparse.Namespace) -> Point:
 
 def other_load(seconds: float = 2.0) -> float | None:
     """Cores kept busy by other processes over `seconds` (this process idle meanwhile)."""
-    before = bench._cpu_ticks()
+    before = cpu_ticks()
     time.sleep(seconds)
-    after = bench._cpu_ticks()
+    after = cpu_ticks()
     if before is None or after is None:
         return None
     busy, own = (a - b for a, b in zip(after, before, strict=True))
@@ -233,8 +233,8 @@ def markdown_table(sweeps: dict[str, list[Point]]) -> str:
             cells = [name, p.model, f"{p.params_m:.1f}", p.image_size, p.tokens, p.batch, p.steps,
                      f"{p.gflop_per_image:.3g}", f"{100 * p.attention_fraction:.0f}", f"{p.generate_s:.3f}",
                      f"{p.generate_s / p.batch:.3f}", f"{step:.4f}", f"{p.decode_s:.3f}", f"{p.forward_s:.4f}",
-                     bench._fmt(p.generate_mib, ".0f"), bench._fmt(p.forward_mib, ".0f"),
-                     bench._fmt(p.other_cores, ".2f")]
+                     fmt(p.generate_mib, ".0f"), fmt(p.forward_mib, ".0f"),
+                     fmt(p.other_cores, ".2f")]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -254,7 +254,7 @@ def growth_summary(sweeps: dict[str, list[Point]]) -> list[str]:
         lines.append(
             f"{name}: generate time ~ {variable}^k with k = {', '.join(f'{k:.2f}' for k in gen)}; "
             f"transformer forward k = {', '.join(f'{k:.2f}' for k in fwd)}; "
-            f"peak MiB {', '.join(bench._fmt(m, '.0f') for m in mem)}"
+            f"peak MiB {', '.join(fmt(m, '.0f') for m in mem)}"
         )
     return lines
 
@@ -353,7 +353,7 @@ def replot(args: argparse.Namespace) -> dict:
 
 def _results(args, sweeps: dict[str, list[Point]], peak: float, total: float) -> dict:
     return {
-        "torch": torch.__version__, "cpu": bench.cpu_name(), "threads": torch.get_num_threads(), "dtype": "float32",
+        "torch": torch.__version__, "cpu": cpu_name(), "threads": torch.get_num_threads(), "dtype": "float32",
         "matmul_peak_gflops": peak, "repeats": args.repeats, "warmup": args.warmup, "base": BASE,
         "vq_config": SCALING_VQ_CONFIG, "model_sizes": MODEL_SIZES, "total_s": total,
         "memory": "peak RSS above the RSS at the start of each measurement (warm-up included), MiB",
@@ -384,8 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
     sweeps = sweep_points(chosen)
     start = time.perf_counter()
     with torch.inference_mode():
-        peak, side = bench.matmul_peak_gflops("cpu", torch.float32, 5)
-    print(f"# mage_hf scaling: torch {torch.__version__}, {bench.cpu_name()}, {torch.get_num_threads()} threads, "
+        peak, side = matmul_peak_gflops("cpu", torch.float32, 5)
+    print(f"# mage_hf scaling: torch {torch.__version__}, {cpu_name()}, {torch.get_num_threads()} threads, "
           f"fp32, repeats {args.repeats}, warm-up {args.warmup}; matmul peak {peak:.1f} GFLOP/s ({side}^3)",
           flush=True)
     done = _previous_points(args)
@@ -396,8 +396,8 @@ def main(argv: list[str] | None = None) -> dict:
             if point.key not in done:  # the base point is shared by the sweeps
                 done[point.key] = run_point_retrying(point, args)
                 print(f"  {name} {point.key}: generate {point.generate_s:.3f} s, decode {point.decode_s:.3f} s, "
-                      f"peak {bench._fmt(point.generate_mib, '.0f')} MiB, other load "
-                      f"{bench._fmt(point.other_cores, '.2f')}", file=sys.stderr, flush=True)
+                      f"peak {fmt(point.generate_mib, '.0f')} MiB, other load "
+                      f"{fmt(point.other_cores, '.2f')}", file=sys.stderr, flush=True)
                 if args.json:  # checkpoint: the sweeps measured so far, for --resume
                     partial = {n: [done[p.key] for p in ps if p.key in done] for n, ps in sweeps.items()}
                     partial = {n: ps for n, ps in partial.items() if ps}
