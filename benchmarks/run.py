@@ -213,11 +213,10 @@ def generation_step_fn(pipe: MagePipeline, input_ids: torch.LongTensor, generato
     condition = input_ids[:, 0]
     pipe.scheduler.set_timesteps(GENERATION_STEPS)
     step, guidance = torch.tensor(GENERATION_STEPS // 2), torch.tensor(1.0)
-    pipe._guidance_scale = 1.0
 
     def gen_step():
         noise = pipe.scheduler.draw_noise(tuple(latents.shape), generator, latents.device)
-        return pipe.decode_step(latents, condition, step, noise, guidance)
+        return pipe.decode_step(latents, condition, step, noise)
 
     return gen_step
 

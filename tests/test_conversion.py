@@ -541,10 +541,9 @@ def test_pipeline_dir_reproduces_original_generation_steps(golden, tmp_path):
     assert not any(p.suffix in (".bin", ".pth", ".pt") for p in pipeline_dir.rglob("*"))
     pipe = MagePipeline.from_pretrained(pipeline_dir)
     assert pipe.transformer.mage.vqgan is None
-    pipe._guidance_scale = 1.0
     with torch.no_grad():
         for step, ids in enumerate(golden.tensors["gen_step_input_ids"]):
-            logits = pipe.predict_logits(ids[:, 1:], ids[:, 0], guidance=1.0)
+            logits = pipe.predict_logits(ids[:, 1:], ids[:, 0])
             assert (logits - golden.tensors["gen_step_logits"][step]).abs().max() <= 1e-4
         images = pipe.decode_tokens(golden.tensors["gen_final_ids"], "pt")
     assert (images - golden.tensors["gen_images"].clamp(0, 1)).abs().max() <= 1e-4

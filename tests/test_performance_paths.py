@@ -92,9 +92,8 @@ def test_low_precision_logits_reach_the_scheduler_as_float32(pipe, pipe_dir):
     config = pipe.transformer.config
     ids = torch.full((2, config.num_image_tokens), config.mask_token_id)
     condition = pipe.prepare_condition_ids(None, 2, torch.device("cpu"))
-    low._guidance_scale = pipe._guidance_scale = 1.0
-    logits = low.predict_logits(ids, condition, guidance=1.0)
-    reference = pipe.predict_logits(ids, condition, guidance=1.0)
+    logits = low.predict_logits(ids, condition)
+    reference = pipe.predict_logits(ids, condition)
     assert logits.dtype == torch.float32 and logits.shape == reference.shape
     # bf16 keeps ~3 significant digits: errors of a few 1e-2 on logits of order 1
     assert (logits - reference).abs().max() < 0.05 * max(1.0, reference.abs().max().item())
@@ -164,12 +163,11 @@ def test_compile_transformer_matches_eager(pipe):
     ids = torch.randint(0, config.codebook_size, (2, config.num_image_tokens), generator=torch.Generator().manual_seed(3))
     ids[:, ::3] = config.mask_token_id
     condition = pipe.prepare_condition_ids(None, 2, torch.device("cpu"))
-    compiled._guidance_scale = pipe._guidance_scale = 1.0
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        got = compiled.predict_logits(ids, condition, guidance=1.0)
+        got = compiled.predict_logits(ids, condition)
         images = compiled(batch_size=2, num_inference_steps=STEPS, generator=_generators(2), output_type="pt").images
-    expected = pipe.predict_logits(ids, condition, guidance=1.0)
+    expected = pipe.predict_logits(ids, condition)
     assert (got - expected).abs().max() < 1e-4
     reference = pipe(batch_size=2, num_inference_steps=STEPS, generator=_generators(2), output_type="pt").images
     assert (images - reference).abs().max() < 1e-4

@@ -54,8 +54,7 @@ def test_golden_generation_steps_through_the_pipeline(golden, golden_pipe):
     for step, ids in enumerate(golden.tensors["gen_step_input_ids"]):
         assert (ids[:, 0] == fake).all()
         condition = golden_pipe.prepare_condition_ids(None, ids.shape[0], ids.device)
-        golden_pipe._guidance_scale = 1.0
-        logits = golden_pipe.predict_logits(ids[:, 1:], condition, guidance=1.0)
+        logits = golden_pipe.predict_logits(ids[:, 1:], condition)
         assert_close(logits, golden.tensors["gen_step_logits"][step], name=f"pipeline step {step}")
     images = golden_pipe.decode_tokens(golden.tensors["gen_final_ids"], "pt")
     assert_close(images, golden.tensors["gen_images"].clamp(0, 1), name="decoded")

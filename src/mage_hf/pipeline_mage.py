@@ -383,16 +383,19 @@ class MagePipeline(DiffusionPipeline):
         known_fraction = 1.0 - float(self.scheduler.mask_ratio(ratio))
         return 1.0 + (self._guidance_scale - 1.0) * known_fraction
 
-    def predict_logits(self, latents: torch.LongTensor, condition_ids: torch.LongTensor, guidance: float):
-        """(B, N) ids -> (B, N, codebook_size) logits; with guidance, cond and uncond rows in one forward."""
+    def predict_logits(
+        self, latents: torch.LongTensor, condition_ids: torch.LongTensor, guidance: float | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, N) ids -> (B, N, codebook_size) float32 logits. With a `guidance` scale (classifier-free guidance),
+        the conditional and unconditional rows run in one forward: `uncond + guidance * (cond - uncond)`."""
         config = self.transformer.config
         input_ids = torch.cat([condition_ids[:, None], latents], dim=1)
-        if self.do_classifier_free_guidance:
+        if guidance is not None:
             unconditional = input_ids.clone()
             unconditional[:, 0] = config.fake_class_id
             input_ids = torch.cat([input_ids, unconditional])
         logits = self.transformer(input_ids=input_ids).logits[:, 1:, : config.codebook_size].float()
-        if self.do_classifier_free_guidance:
+        if guidance is not None:
             conditional, unconditional = logits.chunk(2)
             logits = unconditional + guidance * (conditional - unconditional)
         return logits
@@ -403,13 +406,14 @@ class MagePipeline(DiffusionPipeline):
         condition_ids: torch.LongTensor,
         step_index: torch.Tensor,
         noise: torch.Tensor,
-        guidance: torch.Tensor,
+        guidance: torch.Tensor | None = None,
         choice_temperature: float | None = None,
         sampling_temperature: float | None = None,
         num_masked_at_start: torch.LongTensor | None = None,
     ) -> torch.LongTensor:
         """One decoding step from drawn `noise` (see `MageScheduler.step_with_noise`): (B, N) ids -> (B, N) ids.
-        `step_index` and `guidance` are 0-d tensors, so `compile_decoding_step` makes one graph for every step."""
+        `step_index` and `guidance` (None: no guidance) are 0-d tensors, so `compile_decoding_step` makes one graph
+        for every step."""
         logits = self.predict_logits(latents, condition_ids, guidance)
         return self.scheduler.step_with_noise(
             logits, step_index, latents, noise, choice_temperature, sampling_temperature, num_masked_at_start
@@ -530,7 +534,8 @@ class MagePipeline(DiffusionPipeline):
             step_index = first_step + i
             noise = self.scheduler.draw_noise(tuple(latents.shape), generator, device)
             latents = decode_step(
-                latents, condition_ids, step_indices[step_index], noise, guidances[step_index],
+                latents, condition_ids, step_indices[step_index], noise,
+                guidances[step_index] if self.do_classifier_free_guidance else None,
                 choice_temperature, sampling_temperature, num_masked_at_start,
             )
             if callback_on_step_end is not None:
