@@ -25,7 +25,8 @@ DEFAULT_MODEL = str(_ROOT / "model")
 
 
 def load_default_pipeline(**kwargs):
-    """`MagePipeline.from_pretrained(DEFAULT_PIPELINE, **kwargs)` with the progress bar left on."""
+    """`MagePipeline.from_pretrained(DEFAULT_PIPELINE, **kwargs)`, with a clear `FileNotFoundError` when the
+    embedded model is missing from the installation."""
     from .pipeline_mage import MagePipeline
 
     if not Path(DEFAULT_PIPELINE, "model_index.json").is_file():

@@ -201,8 +201,9 @@ class MageLayer(GradientCheckpointingLayer):
 
 
 class MageDecoder(nn.Module):
-    """Decoder: refills dropped and masked positions with the embedded condition token, adds learned positions,
-    runs the decoder blocks and its LayerNorm. (B, K, D) encoder output -> (B, 1 + N, decoder_hidden_size)."""
+    """Decoder: `decoder_embed` of the encoder output, dropped and masked positions refilled with the decoder
+    embedding of the encoder's position-0 output (the original's `pad_with_cls_token`), learned positions added, the
+    decoder blocks and its LayerNorm. (B, K, D) encoder output -> (B, 1 + N, decoder_hidden_size)."""
 
     def __init__(self, config: MageConfig):
         super().__init__()
@@ -249,7 +250,8 @@ class MageMLMProjection(nn.Linear):
 
 
 class MageMLMHead(nn.Module):
-    """Linear -> GELU -> LayerNorm (eps 1e-5) -> product with the token embeddings (`projection`) + bias."""
+    """Linear -> GELU -> LayerNorm (eps `mlm_layer_norm_eps`, 1e-5 as in the original) -> product with the token
+    embeddings (`projection`) + bias."""
 
     def __init__(self, config: MageConfig):
         super().__init__()

@@ -23,7 +23,8 @@ from torch import nn
 from .configuration_mage import vq_downsample_factor
 from .input_checks import check_id_range
 
-# The convs run in NHWC ("channels_last"): oneDNN's fastest CPU layout (~1.1-1.3x over NCHW here), also good on GPU.
+# The convs run in NHWC ("channels_last"): oneDNN's fastest CPU layout (measured in docs/performance.md), also good on
+# GPU.
 CONV_MEMORY_FORMAT = torch.channels_last
 
 
@@ -31,7 +32,8 @@ class MageVQGroupNormSiLU(nn.GroupNorm):
     """GroupNorm followed by SiLU (swish), the pre-activation of every VQGAN conv."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # In place without autograd (one fewer full-size tensor: ~1.07x on CPU); SiLU's backward needs its input.
+        # In place without autograd (one fewer full-size tensor; see docs/performance.md); SiLU's backward needs its
+        # input.
         return F.silu(super().forward(hidden_states), inplace=not torch.is_grad_enabled())
 
 
@@ -173,7 +175,7 @@ class MageVQOutput(BaseOutput):
 
     Args:
         sample: (B, C, H, W) reconstruction (not clipped).
-        commit_loss: scalar codebook + 0.25 * commitment loss (the VQGAN training loss terms).
+        commit_loss: scalar codebook loss + `commitment_beta` (0.25) * commitment loss (the VQGAN training terms).
         indices: (B, N) token ids of the input.
     """
 

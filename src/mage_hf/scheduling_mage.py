@@ -4,8 +4,8 @@ The rule follows the original `gen_img_uncond.py` of MAGE (Li et al., CVPR 2023)
 T = `num_inference_steps`, step t (0-based; its diffusers `timestep` is T - 1 - t, so timesteps descend as in every
 diffusers scheduler and in aMUSEd's) of the decoding loop:
 
-1. samples every token from `Categorical(logits / sampling_temperature)` and keeps the already known tokens
-   (`sampled = where(sample == M, sampled, sample)`);
+1. samples every token from `Categorical(logits / sampling_temperature)` (the original: temperature 1) and keeps the
+   already known tokens (`sampled = where(sample == M, sampled, sample)`);
 2. sets `ratio = (t + 1) / T`, `mask_len = floor(N * mask_ratio(ratio))` (N: all image tokens, the number unknown at
    the start), clamped per sample to `[1, unknown - 1]` (`unknown`: tokens equal to M before this step);
 3. ranks the unknown tokens by `log(softmax(logits)[sampled]) + choice_temperature * (1 - ratio) * gumbel`, known
@@ -20,8 +20,8 @@ with `generator`, and with a list of per-sample generators each sample is indepe
 Against diffusers' `AmusedScheduler` (the other MaskGIT scheduler): the same cosine / linear schedules and descending
 timesteps. aMUSEd's `temperature=(t0, t1)` is the Gumbel temperature of the re-masking choice, interpolated linearly
 over the steps; MAGE's `choice_temperature` c is annealed by `(1 - ratio)`, which is aMUSEd's `(c * (T - 1) / T, 0)`.
-MAGE also has a `sampling_temperature` for the token distribution (aMUSEd samples at 1), and re-masks with `<=` the
-cut-off (aMUSEd: `<`), as the original does.
+This scheduler also has a `sampling_temperature` for the token distribution (aMUSEd and the original MAGE sample at
+1), and re-masks with `<=` the cut-off (aMUSEd: `<`), as the original does.
 """
 
 import math

@@ -52,9 +52,9 @@ def frechet_distance(a: FeatureStatistics, b: FeatureStatistics) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)): FID when the features are Inception pool3 features.
 
     Tr((S_a S_b)^(1/2)) is computed as the sum of the square roots of the eigenvalues of the symmetric
-    S_a^(1/2) S_b S_a^(1/2) (same eigenvalues as S_a S_b): two symmetric eigendecompositions, exact for positive
-    semi-definite covariances, also singular ones (fewer samples than dimensions), and ~10x faster than a general
-    matrix square root at D = 2048.
+    S_a^(1/2) S_b S_a^(1/2) (same eigenvalues as S_a S_b): two symmetric eigendecompositions (`eigh`, `eigvalsh`)
+    instead of scipy's general `sqrtm` (pytorch-fid's), exact for positive semi-definite covariances, also singular
+    ones (fewer samples than dimensions), and faster (docs/evaluation.md).
     """
     if a.mu.shape != b.mu.shape:
         raise ValueError(f"feature dimensions differ: {a.mu.shape[0]} vs {b.mu.shape[0]}")

@@ -6,9 +6,10 @@ scaled learning rate -> `prepare` -> warm-up + cosine schedule -> resume -> loop
 `sync_gradients`, logging and checkpoints -> evaluation -> final `save_pretrained` -> `end_training`.
 
 Resuming is exact: a checkpoint holds the accelerate state (model, optimizer, schedule, scaler) and where the loop
-was (epoch, batches done); data order, augmentation, masks and dropout are drawn from seeds keyed on (seed,
-process, epoch, batch), so a killed and resumed run ends with the same weights as an uninterrupted one (bit for
-bit on CPU). Checkpoints and the final model are written to a temporary folder first and renamed into place.
+was (epoch, batches done); randomness is drawn from seeds keyed on what it is for (data order on (seed, epoch),
+augmentation on (seed, epoch, example), masks, dropout and mixup on (seed, process, epoch, batch)), so a killed and
+resumed run ends with the same weights as an uninterrupted one (bit for bit on CPU). Checkpoints and the final
+model are written to a temporary folder first and renamed into place.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every random draw of training (data order, augmentation of each example, masks, dropout, mixup) comes from a seed
 derived from `--seed` and a key such as (epoch, example index) or (process, epoch, batch index) — never from a
-generator whose state depends on how far an earlier process got.
+generator whose state depends on how far an interrupted run got.
 """
 
 from __future__ import annotations
