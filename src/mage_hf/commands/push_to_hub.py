@@ -3,7 +3,8 @@
     mage-hf push-to-hub mage-vit-b --repo-id user/mage-vit-b
 
 The folder is checked first: it must be a `save_pretrained` folder (config.json or model_index.json), hold only
-safetensors weights and a model card (README.md, written by every mage_hf save path).
+safetensors weights and a model card (README.md: `mage-hf convert` and the training commands write one, a plain
+`save_pretrained` does not; `mage_hf.model_card.write_model_card` adds one).
 """
 
 import argparse

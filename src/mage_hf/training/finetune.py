@@ -1,9 +1,10 @@
 """`mage-hf finetune`: fine-tune a pretrained MAGE encoder end to end for image classification.
 
-Recipe (the original's `main_finetune.py`, built on MAE's fine-tuning code): AdamW, base lr 2.5e-4 per 256 images, layer-wise
-lr decay 0.65, weight decay 0.05, 100 epochs with 5 warm-up epochs then cosine, drop path 0.1, label smoothing 0.1,
-RandomResizedCrop(scale 0.08-1) + flip; optional mixup. RandAugment, random erasing and CutMix of the original
-recipe are not implemented. Top-1 / top-5 accuracy is measured after every epoch.
+Recipe (the original README's ViT-B command for its `main_finetune.py`, built on MAE's fine-tuning code): AdamW,
+base lr 2.5e-4 per 256 images, layer-wise lr decay 0.65, weight decay 0.05, 100 epochs with 5 warm-up epochs then
+cosine, drop path 0.1, label smoothing 0.1, no gradient clipping. Not as in that command: RandomResizedCrop(scale
+0.08-1, MAE's; the original crops with 0.2-1) + flip, mixup off by default (the command: 0.8); its RandAugment and
+CutMix are not implemented (its random erasing is off). Top-1 / top-5 accuracy is measured after every epoch.
 """
 
 from __future__ import annotations

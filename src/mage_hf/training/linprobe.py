@@ -2,9 +2,10 @@
 
 The head is the original's: mean-pooled encoder features -> LayerNorm (`fc_norm`, frozen) -> BatchNorm1d without
 affine parameters -> Linear; only the BatchNorm statistics and the Linear layer train, and the encoder stays in
-eval mode (no dropout), so the features are fixed. The original optimizer is LARS (base lr 0.1, batch 16384, 90
-epochs); LARS is not implemented here: the default is SGD with momentum 0.9 at the same base lr, and
-`--optimizer adamw` (base lr 1e-3 unless given) is the alternative.
+eval mode (no dropout), so the features are fixed. The original optimizer is LARS (base lr 0.1, 90 epochs, 10
+warm-up; its README's command: global batch 4096); LARS is not implemented here: the default is SGD with momentum
+0.9 at the same base lr, and `--optimizer adamw` (base lr 1e-3 unless given) is the alternative. The default crop
+scale is 0.08-1 (the original linear probe's is 0.2-1).
 """
 
 from __future__ import annotations
