@@ -583,6 +583,7 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
         labels: torch.LongTensor | None = None,
         class_labels: torch.LongTensor | None = None,
         generator: torch.Generator | None = None,
+        num_dropped_tokens: int | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MageMaskedImageModelingOutput:
         r"""
@@ -592,6 +593,9 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
         labels: (B, N) target codebook ids.
         class_labels: (B,) classes of a class-conditional model (replace position 0).
         generator: torch.Generator for the sampled masks and the condition dropout.
+        num_dropped_tokens: how many tokens `bool_dropped_pos` drops per row, when the caller knows it (masks from
+            `sample_masks` drop `config.num_dropped_tokens`): passed to the encoder, whose output shape is then
+            static (see `MageModel.forward`). Masks sampled here always use `config.num_dropped_tokens`.
         """
         config = self.config
         inputs = self.mage.prepare_inputs(pixel_values, input_ids)
@@ -605,7 +609,6 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
 
         if bool_masked_pos is None and bool_dropped_pos is not None:
             raise ValueError("`bool_dropped_pos` needs `bool_masked_pos` (dropped tokens must be masked)")
-        num_dropped_tokens = None
         if bool_masked_pos is None:
             if inputs.image_tokens is not None:
                 bool_masked_pos, bool_dropped_pos = self.sample_masks(batch, generator, input_ids.device)
