@@ -100,8 +100,9 @@ class ImageData:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_image_data(args: argparse.Namespace, *, use_labels: bool, want_eval: bool) -> ImageData:
-    """Load and check the data named by the flags. Raises `ValueError` naming the flag for any bad input."""
+def load_image_data(args: argparse.Namespace, *, use_labels: bool | None, want_eval: bool) -> ImageData:
+    """Load and check the data named by the flags. Raises `ValueError` naming the flag for any bad input.
+    `use_labels` None: labels when the training split has `--label-column`."""
     splits, source, source_flag = _load_splits(args)
     if args.train_split not in splits:
         raise ValueError(
@@ -109,6 +110,8 @@ def load_image_data(args: argparse.Namespace, *, use_labels: bool, want_eval: bo
         )
     train = splits[args.train_split]
     eval_data, eval_flag = _select_eval(splits, args, want_eval)
+    if use_labels is None:
+        use_labels = args.label_column in _column_names(train)
     label_column = args.label_column if use_labels else None
 
     check_not_empty(train, f"the training split {args.train_split!r} of {source} (`{source_flag}`)")
@@ -127,8 +130,8 @@ def load_image_data(args: argparse.Namespace, *, use_labels: bool, want_eval: bo
         train = train.add_column(INDEX_COLUMN, np.arange(len(train), dtype=np.int64))
         if eval_flag == "--validation-split" and eval_data is None:
             train, eval_data = hold_out(train, float(args.validation_split), args.seed)
-    train = _take(train, args.max_train_samples)
-    eval_data = _take(eval_data, args.max_eval_samples)
+    train = take_first(train, args.max_train_samples)
+    eval_data = take_first(eval_data, args.max_eval_samples)
     return ImageData(train, eval_data, args.image_column, label_column, label_names, source)
 
 
@@ -305,7 +308,8 @@ def _check_label_range(labels: np.ndarray, num_labels: int, label_column: str, s
         )
 
 
-def _take(dataset, limit: int | None):
+def take_first(dataset, limit: int | None):
+    """The first `limit` examples of `dataset` (all when None)."""
     if dataset is None or limit is None:
         return dataset
     if limit < 1:
@@ -460,9 +464,14 @@ class ImageTransform:
 
         return MageImageProcessor.for_image_size(self.image_size)
 
+    def augment_in_epoch(self, image: Image.Image, index: int, epoch: int) -> torch.Tensor:
+        """(3, S, S): the one-view training augmentation of example `index` in `epoch` (what `__call__` gives after
+        `set_epoch(epoch)`); `mage-hf tokenize-dataset` makes its view v of an example as the one of epoch v."""
+        return self._augment(image, keyed_generator(self.seed, "augment", epoch, index))
+
     def _views(self, image: Image.Image, index: int) -> torch.Tensor:
         if self.views == 1:
-            return self._augment(image, keyed_generator(self.seed, "augment", self.epoch, index))
+            return self.augment_in_epoch(image, index, self.epoch)
         keys = [keyed_generator(self.seed, "augment", self.epoch, index, view) for view in range(self.views)]
         return torch.stack([self._augment(image, generator) for generator in keys])
 
@@ -501,13 +510,15 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
 @dataclass
 class ImageCollator:
-    """List of transformed examples -> `{"pixel_values": (B, 3, S, S), "labels": (B,)}`; labels range-checked."""
+    """List of transformed examples -> `{"pixel_values": (B, 3, S, S), "labels": (B,)}`; labels range-checked.
+    `inputs` names the per-example tensors stacked (`image_tokens` (N,) for pre-tokenized data)."""
 
     num_labels: int | None = None
     label_column: str | None = None
+    inputs: str = "pixel_values"
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {"pixel_values": torch.stack([torch.as_tensor(e["pixel_values"]) for e in examples])}
+        batch = {self.inputs: torch.stack([torch.as_tensor(e[self.inputs]) for e in examples])}
         if self.label_column is not None:
             labels = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long)
             if self.num_labels is not None and bool(((labels < 0) | (labels >= self.num_labels)).any()):
@@ -559,5 +570,6 @@ __all__ = [
     "load_image_data",
     "random_resized_crop",
     "random_resized_crop_box",
+    "take_first",
     "to_rgb_image",
 ]

@@ -76,7 +76,8 @@ class StepOutput:
 
 class TrainingTask:
     """What a command plugs into the loop. Subclasses set `command`/`card_kind` and implement `build_model`,
-    `image_size`, `training_step` and `save_pretrained`; the rest has defaults."""
+    `image_size`, `training_step` and `save_pretrained`; the rest has defaults (images from the data flags, batches
+    of `pixel_values`: `load_data`, `train_transform` and `collator` change that)."""
 
     command = ""  # the CLI command (tracker project `mage-<command>`)
     card_kind = "pretraining"  # `write_model_card(kind=...)`
@@ -94,6 +95,11 @@ class TrainingTask:
     def find_unused_parameters(cls, args: argparse.Namespace) -> bool:
         """Whether DDP must tolerate parameters without gradients in some steps."""
         return False
+
+    @classmethod
+    def load_data(cls, args: argparse.Namespace) -> ImageData:
+        """The checked training (and evaluation) data: by default the images named by the data flags."""
+        return load_image_data(args, use_labels=cls.uses_labels(args), want_eval=cls.wants_eval)
 
     def __init__(self, args: argparse.Namespace, data: ImageData):
         self.args = args
@@ -114,6 +120,19 @@ class TrainingTask:
     def train_transform_kwargs(self) -> dict[str, Any]:
         """Extra `ImageTransform` arguments of the training data (e.g. several views per example)."""
         return {}
+
+    def train_transform(self) -> ImageTransform:
+        """The training data's batch transform (`Dataset.with_transform`; the loop calls its `set_epoch(epoch)`):
+        RandomResizedCrop + flip keyed on (seed, epoch, example index)."""
+        args, data = self.args, self.data
+        return ImageTransform(
+            data.image_column, data.label_column, self.image_size, train=True, min_crop_scale=args.min_crop_scale,
+            horizontal_flip=not args.no_horizontal_flip, seed=args.seed, **self.train_transform_kwargs(),
+        )
+
+    def collator(self) -> ImageCollator:
+        """Transformed examples -> a batch (`pixel_values`, and `labels` when the data has them)."""
+        return ImageCollator(self.data.num_labels, self.data.label_column)
 
     def parameter_groups(self, model: nn.Module) -> list[dict]:
         """Optimizer groups; a group may carry `lr_scale` (multiplies the learning rate)."""
@@ -198,7 +217,7 @@ def run_training(args: argparse.Namespace, task_class: type[TrainingTask]) -> in
     accelerator = make_accelerator(args, task_class.find_unused_parameters(args))
     _configure_logging(accelerator)
     resume_dir = find_resume_checkpoint(args)
-    data = load_image_data(args, use_labels=task_class.uses_labels(args), want_eval=task_class.wants_eval)
+    data = task_class.load_data(args)
     global_batch = args.train_batch_size * accelerator.num_processes
     if not data.streaming and len(data.train) < global_batch:
         raise ValueError(
@@ -314,12 +333,8 @@ class Trainer:
     # 1. Data
     def _dataloaders(self):
         args, data, task = self.args, self.data, self.task
-        collator = ImageCollator(data.num_labels, data.label_column)
-        self.train_transform = ImageTransform(
-            data.image_column, data.label_column, task.image_size, train=True,
-            min_crop_scale=args.min_crop_scale, horizontal_flip=not args.no_horizontal_flip, seed=args.seed,
-            **task.train_transform_kwargs(),
-        )
+        collator = task.collator()
+        self.train_transform = task.train_transform()
         loader_args = {"seed": args.seed, "num_workers": args.dataloader_num_workers,
                        "shuffle_buffer_size": args.shuffle_buffer_size}
         train_loader = build_dataloader(
