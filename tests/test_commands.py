@@ -20,6 +20,8 @@ BAD_INVOCATIONS = {
     "train-tokenizer": ["--output-dir", "{tmp}/run", "--train-batch-size", "0"],
     "finetune": ["--output-dir", "{tmp}/run", "--train-batch-size", "0"],
     "linprobe": ["--output-dir", "{tmp}/run", "--train-batch-size", "0"],
+    "tokenize-dataset": ["--tokenizer", "{tmp}/tok", "--dataset-name", "{tmp}/data", "--output-dir", "{tmp}/out",
+                         "--num-views", "0"],
     "evaluate": ["generation", "--pipeline", "default"],  # no real images
     "demo": ["--port", "not-a-port"],
 }

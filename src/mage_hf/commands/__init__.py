@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("mage_hf.commands.train:train_tokenizer", "train or continue the VQGAN tokenizer with accelerate"),
     "finetune": ("mage_hf.commands.train:finetune", "fine-tune a pretrained MAGE for image classification"),
     "linprobe": ("mage_hf.commands.train:linprobe", "linear probe (BatchNorm + linear head) on a frozen MAGE encoder"),
+    "tokenize-dataset": ("mage_hf.commands.tokenize_dataset", "token grids of K augmented views per image, for pretrain"),
     "evaluate": ("mage_hf.commands.evaluate", "evaluate generation (FID, IS, precision/recall) or representations"),
     "demo": ("mage_hf.commands.demo", "serve the gradio demo (generate, inpaint, variations, features) in a browser"),
 }
