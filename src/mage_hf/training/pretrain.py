@@ -4,6 +4,10 @@ The recipe (the paper's ViT-B/L run): AdamW betas (0.9, 0.95), weight decay 0.05
 images, 1600 epochs with 40 warm-up epochs then cosine decay, gradient-norm clip 3.0, RandomResizedCrop(scale
 0.2-1) + flip; the VQGAN tokenizer is frozen (and kept in eval mode). The model samples the original masks itself.
 
+`--tokenized-dataset DIR` trains on the token grids `mage-hf tokenize-dataset` made (K fixed augmented views per image)
+instead of images: no VQGAN in the training step (the model trains without it, and the final folder gets back the
+tokenizer that made the tokens, checked by the SHA-256 of its weights).
+
 `--contrastive` trains MAGE-C: two views of each image (crop, flip and SimCLR's colour jitter / greyscale / blur),
 both masked and reconstructed as above in one forward, plus `contrastive_loss_weight` times SimCLR's InfoNCE loss
 between the projected mean encoder outputs of the two views, negatives gathered from every process.
@@ -25,9 +29,10 @@ from ..modeling_mage import MageForMaskedImageModeling, MageModel
 from ..modeling_vqgan import MageVQModel
 from .arguments import RecipeDefaults, add_training_arguments
 from .contrastive import info_nce_loss
-from .data import ColorAugment, add_data_arguments
+from .data import ColorAugment, ImageCollator, add_data_arguments
 from .loop import StepContext, StepOutput, TrainingTask, save_image_processor
 from .seeding import keyed_generator
+from .tokenized import BATCH_TOKENS, TokenViewTransform, check_tokens_fit, load_tokenized_data
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,10 @@ CONTRASTIVE_FLAGS = {
 }
 # Keys of a saved MageVQModel config that are bookkeeping, not constructor arguments.
 _VQ_PRIVATE_PREFIX = "_"
+# Where the tokenizer's weights live in a MageForMaskedImageModeling state dict.
+TOKENIZER_PREFIX = "mage.vqgan."
+# Image-data flags that `--tokenized-dataset` replaces.
+IMAGE_DATA_FLAGS = ("dataset_name", "dataset_config", "train_dir", "validation_dir", "validation_split")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, labels="optional")
     group = parser.add_argument_group("pretraining")
     group.add_argument("--tokenizer", help="trained MageVQModel folder (or a MAGE / pipeline folder) to tokenize with")
+    group.add_argument("--tokenized-dataset",
+                       help="a `mage-hf tokenize-dataset` folder: train on its token grids (no VQGAN in the step) "
+                            "instead of images")
     group.add_argument("--class-conditional", action="store_true",
                        help="condition on `--label-column` (one condition token per class)")
     group.add_argument("--condition-dropout-prob", type=float,
@@ -122,9 +134,21 @@ def vq_kwargs(tokenizer: MageVQModel) -> dict:
 class PretrainingTask(TrainingTask):
     command = "pretrain"
     card_kind = "pretraining"
+    # With `--tokenized-dataset`: the frozen VQGAN, out of the trained model, put back for saving.
+    tokenizer: MageVQModel | None = None
 
     @classmethod
     def validate_arguments(cls, args: argparse.Namespace) -> None:
+        if args.tokenized_dataset is not None:
+            for flag in IMAGE_DATA_FLAGS:
+                if getattr(args, flag) is not None:
+                    flag = flag.replace("_", "-")
+                    raise ValueError(f"`--tokenized-dataset` replaces the image data: drop `--{flag}`")
+            if args.streaming:
+                raise ValueError("`--tokenized-dataset` replaces the image data: drop `--streaming`")
+            if args.contrastive:
+                raise ValueError("`--contrastive` (MAGE-C) needs images for its colour-augmented views: it cannot "
+                                 "train on `--tokenized-dataset`")
         p = args.condition_dropout_prob
         if p is not None and not 0.0 <= p <= 1.0:
             raise ValueError(f"`--condition-dropout-prob` must be in [0, 1], got {p}")
@@ -147,10 +171,28 @@ class PretrainingTask(TrainingTask):
     def uses_labels(cls, args: argparse.Namespace) -> bool:
         return args.class_conditional
 
+    @classmethod
+    def load_data(cls, args: argparse.Namespace):
+        if args.tokenized_dataset is None:
+            return super().load_data(args)
+        data = load_tokenized_data(args.tokenized_dataset, use_labels=cls.uses_labels(args),
+                                   max_samples=args.max_train_samples)
+        made = data.manifest["augmentation"]
+        if (args.min_crop_scale, not args.no_horizontal_flip) != (made["random_resized_crop_scale"][0],
+                                                                 made["horizontal_flip"]):
+            logger.warning("`--min-crop-scale` / `--no-horizontal-flip` have no effect on `--tokenized-dataset`: its "
+                           "views were made with crop scale %s and horizontal flip %s",
+                           made["random_resized_crop_scale"], made["horizontal_flip"])
+        return data
+
+    @property
+    def tokenized(self) -> bool:
+        return self.args.tokenized_dataset is not None
+
     def build_model(self) -> MageForMaskedImageModeling:
         args = self.args
         overrides = {**self._condition_overrides(), **self._contrastive_overrides()}
-        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        tokenizer = self._given_tokenizer()
         if args.model is not None:
             self._check_conditioning(MageConfig.from_pretrained(args.model))
             model = MageForMaskedImageModeling.from_pretrained(args.model, **overrides)
@@ -165,7 +207,34 @@ class PretrainingTask(TrainingTask):
         elif args.model is None:
             logger.warning("no `--tokenizer` and no `--model`: pretraining on the tokens of a RANDOM VQGAN")
         model.mage.vqgan.requires_grad_(False)
+        if self.tokenized:
+            self.tokenizer = self._detach_tokenizer(model)
         return model
+
+    def _given_tokenizer(self) -> MageVQModel | None:
+        """`--tokenizer`; with `--tokenized-dataset` and neither `--tokenizer` nor `--model`, the one that made the
+        tokens (its folder in the manifest)."""
+        args = self.args
+        if args.tokenizer:
+            return load_tokenizer(args.tokenizer)
+        if not self.tokenized or args.model is not None:
+            return None
+        folder = self.data.manifest["tokenizer"]
+        if not Path(folder).exists():
+            raise ValueError(f"the tokenizer that made `--tokenized-dataset` {args.tokenized_dataset!r}, "
+                             f"{folder!r}, is not there any more: pass it as `--tokenizer`")
+        return load_tokenizer(folder, flag="--tokenized-dataset")
+
+    def _detach_tokenizer(self, model: MageForMaskedImageModeling) -> MageVQModel:
+        """Check that the model's tokenizer made the tokens, and take it out of the model (not on the hot path)."""
+        args = self.args
+        source = f"`--tokenizer` {args.tokenizer!r}" if args.tokenizer else (
+            f"`--model` {args.model!r}" if args.model else f"the manifest ({self.data.manifest['tokenizer']!r})")
+        check_tokens_fit(self.data.manifest, model.config, model.mage.vqgan, source)
+        tokenizer = model.mage.vqgan
+        model.mage.vqgan = None
+        model.config.include_vq_tokenizer = False
+        return tokenizer
 
     def _condition_overrides(self) -> dict:
         args = self.args
@@ -187,6 +256,16 @@ class PretrainingTask(TrainingTask):
         if existing is None or existing.contrastive_projection_dim == 0:
             overrides = {**CONTRASTIVE_DEFAULTS, **overrides}
         return overrides
+
+    def train_transform(self):
+        if not self.tokenized:
+            return super().train_transform()
+        return TokenViewTransform(self.data.manifest["num_views"], self.args.seed, self.data.label_column)
+
+    def collator(self):
+        if not self.tokenized:
+            return super().collator()
+        return ImageCollator(self.data.num_labels, self.data.label_column, inputs=BATCH_TOKENS)
 
     def train_transform_kwargs(self) -> dict:
         args = self.args
@@ -219,9 +298,13 @@ class PretrainingTask(TrainingTask):
 
     def train_mode(self, model: nn.Module) -> None:
         model.train()
-        extract_model_from_parallel(model).mage.vqgan.eval()  # the frozen tokenizer never trains
+        vqgan = extract_model_from_parallel(model).mage.vqgan
+        if vqgan is not None:
+            vqgan.eval()  # the frozen tokenizer never trains
 
     def training_step(self, model, batch, step: StepContext) -> StepOutput:
+        if BATCH_TOKENS in batch:  # `--tokenized-dataset`
+            return self._token_step(model, batch, step)
         pixel_values, labels = batch["pixel_values"], batch.get("labels")
         if not self.args.contrastive:
             output = model(pixel_values=pixel_values, class_labels=labels, generator=step.generator)
@@ -236,6 +319,18 @@ class PretrainingTask(TrainingTask):
         contrastive = info_nce_loss(first, second, config.contrastive_temperature)
         loss = output.loss + config.contrastive_loss_weight * contrastive
         return StepOutput(loss, {"token_loss": output.loss.detach(), "contrastive_loss": contrastive.detach()})
+
+    def _token_step(self, model, batch, step: StepContext) -> StepOutput:
+        """A batch of (B, N) tokens: the masks the model samples from pixels, drawn here (static shapes)."""
+        tokens = batch[BATCH_TOKENS]
+        inner = extract_model_from_parallel(model)
+        masked, dropped = inner.sample_masks(tokens.shape[0], step.generator, tokens.device)
+        output = model(
+            input_ids=inner.mage.build_input_ids(tokens), bool_masked_pos=masked, bool_dropped_pos=dropped,
+            num_dropped_tokens=inner.config.num_dropped_tokens, labels=tokens, class_labels=batch.get("labels"),
+            generator=step.generator,
+        )
+        return StepOutput(output.loss)
 
     @torch.no_grad()
     def evaluate(self, model, dataloader, accelerator) -> dict[str, float]:
@@ -258,7 +353,16 @@ class PretrainingTask(TrainingTask):
             accuracies.append(accuracy)
         return {"loss": torch.cat(losses).mean().item(), "masked_token_accuracy": torch.cat(accuracies).mean().item()}
 
+    def export_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """With `--tokenized-dataset`: the trained weights plus the tokenizer's (a complete MAGE)."""
+        if self.tokenizer is None:
+            return state_dict
+        return {**state_dict, **{TOKENIZER_PREFIX + k: v for k, v in self.tokenizer.state_dict().items()}}
+
     def save_pretrained(self, model, state_dict, save_dir: Path) -> None:
+        if self.tokenizer is not None:  # the tokenizer goes back in: the folder loads with `from_pretrained`, pipelines
+            model.mage.vqgan = self.tokenizer
+            model.config.include_vq_tokenizer = True
         model.save_pretrained(save_dir, state_dict=state_dict)
         save_image_processor(model.config.image_size, save_dir)
 
