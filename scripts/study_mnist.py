@@ -69,6 +69,7 @@ RECIPE = {"--weight-decay": "0.05", "--adam-beta1": "0.9", "--adam-beta2": "0.95
 WARMUP_FRACTION = 0.1
 CHECKPOINTS_PER_RUN = 4  # resumable every quarter; probed at half and full budget
 VALIDATION_FRACTION = 0.25  # of every class of the training digits, for the sweep's choice
+SWEEP_SEED = 0
 # MAGE-C's projection head, narrowed from SimCLR's 2048 -> 256 to the width of these encoders.
 MAGE_C_HEAD = ["--contrastive-hidden-size", "512", "--contrastive-projection-dim", "128"]
 MAGE_SIZES = {"num_class_slots": 1, "hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4,
@@ -176,12 +177,13 @@ class Study:
         runs = []
         for method in METHODS:
             for lr in b.learning_rates:
-                runs.append(Run("sweep", method, 0, b.sweep_steps, {"lr": lr, **DEFAULT_HYPER[method]}))
+                runs.append(Run("sweep", method, SWEEP_SEED, b.sweep_steps, {"lr": lr, **DEFAULT_HYPER[method]}))
         if b.extra_sweeps:
             centre = b.centre_learning_rate
-            runs += [Run("sweep", "mae", 0, b.sweep_steps, {"lr": centre, "mask_ratio": m}) for m in (0.5, 0.9)]
-            runs += [Run("sweep", "ijepa", 0, b.sweep_steps, {"lr": centre, "ema": 0.98, "target_scale": (0.15, 0.2)}),
-                     Run("sweep", "ijepa", 0, b.sweep_steps, {"lr": centre, "ema": 0.996, "target_scale": (0.1, 0.15)})]
+            runs += [Run("sweep", "mae", SWEEP_SEED, b.sweep_steps, {"lr": centre, "mask_ratio": m}) for m in (0.5, 0.9)]
+            runs += [Run("sweep", "ijepa", SWEEP_SEED, b.sweep_steps,
+                         {"lr": centre, "ema": ema, "target_scale": scale})
+                     for ema, scale in ((0.98, (0.15, 0.2)), (0.996, (0.1, 0.15)))]
         return runs
 
     def chosen(self, method: str) -> dict:
@@ -260,6 +262,23 @@ class Study:
         self.log(f"raw pixels: linear {results['linear']['accuracy']:.3f} k-NN {results['knn']['accuracy']:.3f}")
         return results
 
+    def shipped_probes(self) -> dict:
+        """The shipped mage-mnist's encoder, probed the same way: a reference for a longer budget (120 epochs on a
+        GPU, class-conditional, so its pretraining saw the labels)."""
+        path = self.work_dir / "shipped_probes.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        from mage_hf import DEFAULT_MODEL, MageForMaskedImageModeling
+        from mage_hf.atomic_files import write_json_atomically
+        from mage_hf.comparison.harness import probe_encoder
+
+        model = MageForMaskedImageModeling.from_pretrained(DEFAULT_MODEL)
+        results = probe_encoder(*self.contenders["mage"].evaluation_encoder(model), self.data,
+                                shots=self.budget.shots, seeds=self.budget.shot_seeds)
+        write_json_atomically(path, results)
+        self.log(f"shipped mage-mnist: {_summary(results)}")
+        return results
+
     def train(self, run: Run) -> None:
         """Train `run` unless its final folder exists (an interrupted run resumes from its newest checkpoint)."""
         contender = self.contenders[run.method]
@@ -307,21 +326,38 @@ class Study:
             self.log(f"{run.name} step {step}: {_summary(probes[str(step)])}")
 
     def probe_initialisation(self, run: Run) -> dict:
-        """The encoder `run` starts from (its step 0), probed like the trained one; shared by runs whose
-        initial weights are the same (method and seed: the masking distribution changes no weight)."""
-        from mage_hf.comparison.harness import probe_encoder
+        """The encoder `run` starts from (its step 0), probed like the trained one (seed 0, the sweep's seed: also on
+        the validation split); shared by runs whose initial weights are the same (method and seed: the masking
+        distribution changes no weight)."""
         from mage_hf.atomic_files import write_json_atomically
+        from mage_hf.comparison.harness import probe_encoder
 
-        path = self.work_dir / "init" / f"{run.method}-s{run.seed}.json"
-        if path.exists():
-            return json.loads(path.read_text())
+        path = self.init_path(run)
+        cached = json.loads(path.read_text()) if path.exists() else {}
+        if cached and (run.seed != SWEEP_SEED or "validation" in cached):
+            return cached
         contender, b = self.contenders[run.method], self.budget
         module = contender.initial_module(self.flags(run))
-        results = probe_encoder(*contender.evaluation_encoder(module), self.data, shots=b.shots, seeds=b.shot_seeds)
+        results = probe_encoder(*contender.evaluation_encoder(module), self.data, shots=b.shots, seeds=b.shot_seeds,
+                                validation_fraction=VALIDATION_FRACTION if run.seed == SWEEP_SEED else None)
         results["trainable_parameters"] = contender.trainable_parameters(module)
-        write_json_atomically(path, results)
+        write_json_atomically(path, {**cached, **results})
         self.log(f"{run.method} seed {run.seed} at initialisation: {_summary(results)}")
         return results
+
+    def init_path(self, run: Run) -> Path:
+        return self.work_dir / "init" / f"{run.method}-s{run.seed}.json"
+
+    def score_initial_samples(self, run: Run) -> None:
+        """Samples of the MAGE `run` starts from, scored like the trained ones (the generation baseline)."""
+        from mage_hf.atomic_files import write_json_atomically
+
+        path = self.init_path(run)
+        cached = json.loads(path.read_text())
+        if "generation" not in cached:
+            cached["generation"] = self.sample_and_score(self.contenders[run.method].initial_module(self.flags(run)))
+            write_json_atomically(path, cached)
+            self.log(f"{run.method} seed {run.seed} at initialisation, samples: FID {cached['generation']['fid']:.1f}")
 
     @property
     def scorer(self):
@@ -354,19 +390,23 @@ class Study:
         accuracy = float((classifier.predict(MnistJudge.to_flat(data.test_images)) == data.test_labels.numpy()).mean())
         return MnistJudge(classifier, accuracy)
 
+    def sample_and_score(self, model) -> dict:
+        """`samples` unconditional samples of a `MageForMaskedImageModeling`, scored; with the sampling time."""
+        from mage_hf.comparison.harness import sample_images
+
+        b = self.budget
+        start = time.perf_counter()
+        images = sample_images(model, b.samples, b.sample_batch_size, seed=0, num_inference_steps=b.sample_steps,
+                               choice_temperature=b.choice_temperature)
+        return {**self.scorer.score(images), "sample_seconds": time.perf_counter() - start}
+
     def score_samples(self, run: Run) -> None:
         record = self.record(run)
         if "generation" in record:
             return
         from mage_hf import MageForMaskedImageModeling
-        from mage_hf.comparison.harness import sample_images
 
-        b = self.budget
-        model = MageForMaskedImageModeling.from_pretrained(self.run_dir(run))
-        start = time.perf_counter()
-        images = sample_images(model, b.samples, b.sample_batch_size, seed=0, num_inference_steps=b.sample_steps,
-                               choice_temperature=b.choice_temperature)
-        record["generation"] = {**self.scorer.score(images), "sample_seconds": time.perf_counter() - start}
+        record["generation"] = self.sample_and_score(MageForMaskedImageModeling.from_pretrained(self.run_dir(run)))
         self.save_record(run, record)
         self.log(f"{run.name} samples: FID {record['generation']['fid']:.1f}, judge score "
                  f"{record['generation']['judge_score']:.2f}")
@@ -379,21 +419,17 @@ class Study:
         import torch
 
         from mage_hf import DEFAULT_MODEL, MageForMaskedImageModeling
-        from mage_hf.comparison.harness import sample_images
         from mage_hf.atomic_files import write_json_atomically
 
-        b = self.budget
         pick = torch.randperm(len(self.data.train_images), generator=torch.Generator().manual_seed(0))
-        shipped = MageForMaskedImageModeling.from_pretrained(DEFAULT_MODEL)
-        shipped_images = sample_images(shipped, b.samples, b.sample_batch_size, seed=0,
-                                       num_inference_steps=b.sample_steps, choice_temperature=b.choice_temperature)
-        results = {"real_train_digits": self.scorer.score(self.data.train_images[pick[: b.samples]]),
-                   "shipped_mage_mnist": self.scorer.score(shipped_images),
+        results = {"real_train_digits": self.scorer.score(self.data.train_images[pick[: self.budget.samples]]),
+                   "shipped_mage_mnist": self.sample_and_score(MageForMaskedImageModeling.from_pretrained(DEFAULT_MODEL)),
                    "judge_heldout_accuracy": self.scorer.judge.heldout_accuracy}
         write_json_atomically(path, results)
         return results
 
-    def run_all(self) -> None:
+    def run_all(self, seeds: tuple[int, ...] | None = None) -> None:
+        """Every phase; `seeds` limits the per-seed phase (processes sharing one work dir take one seed each)."""
         self.prepare()
         self.raw_pixels()
         self.log("raw pixels done")
@@ -402,14 +438,17 @@ class Study:
             self.probe(run)
         self.log("sweep done")
         self.generation_references()
-        self.log("generation references done")
-        for seed in self.budget.seeds:
+        self.shipped_probes()
+        self.log("references done")
+        for seed in self.budget.seeds if seeds is None else seeds:
             for run in self.main_runs(seed) + self.ablation_runs(seed):
                 self.probe_initialisation(run)
                 self.train(run)
                 self.probe(run)
                 if run.method == "mage":
                     self.score_samples(run)
+                    if run.group == "main":
+                        self.score_initial_samples(run)
 
     # ------------------------------------------------------------------------------------------------------------
     # Results
@@ -433,6 +472,7 @@ class Study:
         main = [run for seed in self.budget.seeds for run in self.main_runs(seed)] if self._sweep_done() else []
         ablation = [run for seed in self.budget.seeds for run in self.ablation_runs(seed)] if main else []
         references = self.work_dir / "generation_references.json"
+        shipped = self.work_dir / "shipped_probes.json"
         return {
             "budget": dataclasses.asdict(self.budget),
             "recipe": RECIPE,
@@ -448,6 +488,7 @@ class Study:
             "ablation": finished(ablation),
             "initialisation": initialisations(main),
             "generation_references": json.loads(references.read_text()) if references.exists() else None,
+            "shipped_probes": json.loads(shipped.read_text()) if shipped.exists() else None,
             "planned_runs": len(self.sweep_runs()) + len(main) + len(ablation),
         }
 
@@ -490,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch and BLAS threads (default 1: on a shared 2-core machine 2 threads ran slower)")
     parser.add_argument("--report-only", action="store_true", help="render the docs from what has finished")
     parser.add_argument("--tokenizer", help="MAGE's frozen VQGAN (default: the shipped mage-mnist pipeline folder)")
+    parser.add_argument("--only-seeds", type=int, nargs="+", metavar="SEED",
+                        help="run the per-seed phase for these seeds only (e.g. one seed per process on one work dir)")
     args = parser.parse_args(argv)
     import torch
     from threadpoolctl import threadpool_limits
@@ -505,10 +548,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[study {time.perf_counter() - started:7.0f} s] {message}", flush=True)
 
     study = Study(QUICK if args.quick else Budget(), work_dir, args.tokenizer, log=log)
+    if args.only_seeds and not set(args.only_seeds) <= set(study.budget.seeds):
+        parser.error(f"--only-seeds: expected seeds among {list(study.budget.seeds)}, got {args.only_seeds}")
     timing_path = work_dir / "wall_seconds.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"sessions": []}
     if not args.report_only:
-        study.run_all()
+        study.run_all(tuple(args.only_seeds) if args.only_seeds else None)
         timing["sessions"].append(time.perf_counter() - started)
         timing_path.write_text(json.dumps(timing))
     results = study.results()

@@ -36,7 +36,9 @@ from mage_hf.training.data import (
     random_resized_crop,
     random_resized_crop_box,
 )
-from mage_hf.training.loop import StepContext, list_checkpoints, state_dict_digest, weight_decay_groups
+from mage_hf.training.loop import (
+    StepContext, list_checkpoints, state_dict_digest, use_fused_adamw, weight_decay_groups,
+)
 from mage_hf.training.seeding import keyed_generator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -383,7 +385,7 @@ class Killed(Exception):
 CONTRASTIVE = ["--contrastive", "--contrastive-projection-dim", "16", "--contrastive-hidden-size", "32"]
 
 
-@pytest.mark.parametrize("extra", [[], CONTRASTIVE], ids=["mage", "mage-c"])
+@pytest.mark.parametrize("extra", [[], CONTRASTIVE, ["--adamw-kernel", "fused"]], ids=["mage", "mage-c", "fused-adamw"])
 def test_killed_run_resumes_to_identical_weights(digits, tmp_path, monkeypatch, extra):
     # 48 examples, batch 4 x accumulation 2: 6 steps per epoch; 8 steps cross an epoch boundary.
     argv = ["pretrain", "--model-config", "tiny", "--dataset-name", digits, "--max-train-steps", "8",
@@ -416,6 +418,37 @@ def test_killed_run_resumes_to_identical_weights(digits, tmp_path, monkeypatch, 
     assert state_dict_digest(resumed) == state_dict_digest(expected)
     assert read_summary(interrupted)["global_step"] == 8
     assert [p.name for p in list_checkpoints(interrupted)] == ["checkpoint-3", "checkpoint-6"]
+
+
+def test_fused_adamw_is_used_on_request_and_agrees_with_the_default(digits, tmp_path):
+    args = parse(pretrain, "--model-config", "tiny", "--dataset-name", digits, "--output-dir", tmp_path,
+                 "--adamw-kernel", "fused")
+    task, _ = make_task(pretrain, pretrain.PretrainingTask, digits, "--adamw-kernel", "fused")
+    assert task.create_optimizer(task.parameter_groups(task.model), 1e-3).defaults["fused"] is True
+    on_cpu = parse(pretrain, "--cpu", "--dataset-name", digits, "--output-dir", tmp_path)
+    assert use_fused_adamw(args) and not use_fused_adamw(on_cpu)
+    argv = ["pretrain", "--model-config", "tiny", "--dataset-name", digits, "--max-train-steps", "2", *FAST]
+    assert run_cli(*argv, "--output-dir", tmp_path / "default") == 0
+    assert run_cli(*argv, "--output-dir", tmp_path / "fused", "--adamw-kernel", "fused") == 0
+    default = MageForMaskedImageModeling.from_pretrained(tmp_path / "default").state_dict()
+    fused = MageForMaskedImageModeling.from_pretrained(tmp_path / "fused").state_dict()
+    for name, value in default.items():
+        torch.testing.assert_close(fused[name], value, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_saves_plain_weights(digits, tmp_path):
+    argv = ["pretrain", "--model-config", "tiny", "--dataset-name", digits, "--max-train-steps", "2",
+            "--learning-rate", "1e-4", "--validation-split", "validation", *FAST]
+    assert run_cli(*argv, "--output-dir", tmp_path / "eager") == 0
+    assert run_cli(*argv, "--output-dir", tmp_path / "compiled", "--compile") == 0
+    eager = MageForMaskedImageModeling.from_pretrained(tmp_path / "eager").state_dict()
+    compiled = MageForMaskedImageModeling.from_pretrained(tmp_path / "compiled").state_dict()
+    assert compiled.keys() == eager.keys()
+    for name, value in eager.items():  # Adam moves a weight by at most ~lr per step, whatever the rounding
+        torch.testing.assert_close(compiled[name], value, rtol=0, atol=3e-4, msg=name)
+    losses = [read_summary(tmp_path / run)["metrics"]["loss"] for run in ("eager", "compiled")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
 
 
 def test_resume_with_another_batch_size_is_refused(digits, tmp_path):

@@ -84,6 +84,16 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: RecipeDefa
         "--mixed-precision", choices=("no", "fp16", "bf16"), help="default: the accelerate config's, else no"
     )
     hardware.add_argument("--cpu", action="store_true", help="train on CPU even when an accelerator is present")
+    hardware.add_argument(
+        "--adamw-kernel", choices=("auto", "fused", "unfused"), default="auto",
+        help="torch AdamW's implementation: fused (one kernel for every parameter) or torch's default; "
+        "auto: fused on an accelerator device, torch's default on CPU",
+    )
+    hardware.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the model (inductor, through accelerate's dynamo plugin); default: the accelerate "
+        "config's, else eager",
+    )
     hardware.add_argument("--dataloader-num-workers", type=int, default=0)
     parser.set_defaults(recipe=defaults)
 

@@ -31,7 +31,14 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    ProjectConfiguration,
+    TorchDynamoPlugin,
+    is_compiled_module,
+    set_seed,
+)
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -141,7 +148,8 @@ class TrainingTask:
     def create_optimizer(self, groups: list[dict], learning_rate: float) -> torch.optim.Optimizer:
         args = self.args
         return torch.optim.AdamW(
-            groups, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
+            groups, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+            fused=use_fused_adamw(args) or None,
         )
 
     def training_step(self, model: nn.Module, batch: dict, step: StepContext) -> StepOutput:
@@ -229,12 +237,25 @@ def run_training(args: argparse.Namespace, task_class: type[TrainingTask]) -> in
     return Trainer(args, accelerator, task, data, resume_dir).train()
 
 
+def trains_on_cpu(args: argparse.Namespace) -> bool:
+    return args.cpu or not torch.accelerator.is_available()
+
+
+def use_fused_adamw(args: argparse.Namespace) -> bool:
+    """`--adamw-kernel`: fused (one kernel for all parameters) by default on an accelerator device."""
+    choice = getattr(args, "adamw_kernel", "auto")
+    return choice == "fused" or (choice == "auto" and not trains_on_cpu(args))
+
+
 def make_accelerator(args: argparse.Namespace, find_unused_parameters: bool = False) -> Accelerator:
-    """The `Accelerator`: CPU with `--cpu` or when torch sees no accelerator device; accelerate decides otherwise."""
+    """The `Accelerator`: CPU with `--cpu` or when torch sees no accelerator device; accelerate decides otherwise.
+    `--compile` has accelerate compile the prepared model with inductor."""
     project = ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs"))
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
+    dynamo = TorchDynamoPlugin(backend="inductor") if getattr(args, "compile", False) else None
     return Accelerator(
-        cpu=args.cpu or not torch.accelerator.is_available(),
+        dynamo_plugin=dynamo,
+        cpu=trains_on_cpu(args),
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
@@ -490,7 +511,7 @@ class Trainer:
         accelerator = self.accelerator
         if accelerator.num_processes == 1 or accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
             return
-        for buffer in accelerator.unwrap_model(model).buffers():
+        for buffer in self._bare(model).buffers():
             if buffer.is_floating_point():
                 buffer.copy_(accelerator.reduce(buffer.detach().clone(), reduction="mean"))
 
@@ -550,17 +571,22 @@ class Trainer:
             logger.info("last steps: %s", _format(window))
         if self.args.verify_replicas:
             summary["replica_weights_sha256"] = self._replica_digests(model)
-        state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed
+        # a collective under FSDP / DeepSpeed; under --compile, of the module inside the compiled wrapper
+        state_dict = accelerator.get_state_dict(model._orig_mod if is_compiled_module(model) else model)
         if accelerator.is_main_process:
             staging = self.output_dir / FINAL_TMP_DIR
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-            task.save_pretrained(accelerator.unwrap_model(model), task.export_state_dict(state_dict), staging)
+            task.save_pretrained(self._bare(model), task.export_state_dict(state_dict), staging)
             (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
             self._write_model_card(staging, plan, global_step)
             publish_directory(staging, self.output_dir)
             logger.info("saved the final model to %s", self.output_dir)
         accelerator.wait_for_everyone()
+
+    def _bare(self, model: nn.Module) -> nn.Module:
+        """The task's module inside the DDP / FSDP / compile wrappers."""
+        return self.accelerator.unwrap_model(model, keep_torch_compile=False)
 
     def _replica_digests(self, model: nn.Module) -> list[str] | None:
         """Every process's checksum of the weights it would save (equal on all processes when DDP kept sync)."""
@@ -568,7 +594,7 @@ class Trainer:
         if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
             logger.warning("`--verify-replicas` is skipped: the weights are sharded")
             return None
-        local = state_dict_digest(self.task.export_state_dict(accelerator.unwrap_model(model).state_dict()))
+        local = state_dict_digest(self.task.export_state_dict(self._bare(model).state_dict()))
         from accelerate.utils import gather_object
 
         digests = gather_object([local])
