@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-views", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or an accelerator (cuda): tokenizer and training")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     parser.add_argument("--logging-steps", type=int, default=10)
     parser.add_argument("--probe-train", type=int, help="probe on the first N training digits (default: all)")
     parser.add_argument("--work-dir", type=Path, default=Path("out/bench-pretraining"))
@@ -117,7 +119,8 @@ def train(args, name: str, data_flags: list, config: Path) -> dict:
     argv = ["pretrain", "--model-config", config, "--output-dir", out, *data_flags]
     argv += ["--train-batch-size", args.batch_size, "--max-train-steps", args.steps, "--learning-rate",
              args.learning_rate, "--warmup-steps", max(1, round(WARMUP_FRACTION * args.steps)), *RECIPE,
-             "--logging-steps", args.logging_steps, "--checkpointing-steps", 0, "--seed", 0, "--cpu"]
+             "--logging-steps", args.logging_steps, "--checkpointing-steps", 0, "--seed", 0, "--mixed-precision", args.mixed_precision]
+    argv += ["--cpu"] if args.device == "cpu" else []
     log, monitor = mage_hf(argv, args.threads)
     curve = loss_curve(log)
     (first, _, _), (last, _, seconds) = curve[0], curve[-1]
@@ -137,7 +140,7 @@ def probe(args, model: Path, digits: Path) -> dict:
     splits = load_dataset_splits(str(digits), None, streaming=False)
     train_split = splits["train"] if args.probe_train is None else splits["train"].shuffle(seed=0).select(
         range(args.probe_train))
-    extractor = FeatureExtractor.from_pretrained(str(model), batch_size=250, device="cpu")
+    extractor = FeatureExtractor.from_pretrained(str(model), batch_size=250, device=args.device)
     train_x, train_y = extract_features(extractor, train_split)
     test_x, test_y = extract_features(extractor, splits["test"])
     results = evaluate_features(train_x, train_y, test_x, test_y, probes=("linear", "knn"))
@@ -185,7 +188,7 @@ def run_benchmark(args) -> dict:
     print(f"tokenize-dataset: {args.train_samples} digits x {args.num_views} views", flush=True)
     tokens = args.work_dir / "tokenized-digits"
     _, monitor = mage_hf(["tokenize-dataset", "--tokenizer", DEFAULT_PIPELINE, *source, "--num-views",
-                          args.num_views, *AUGMENTATION, "--output-dir", tokens, "--overwrite", "--device", "cpu",
+                          args.num_views, *AUGMENTATION, "--output-dir", tokens, "--overwrite", "--device", args.device,
                           "--no-progress"], args.threads)
     tokenize = {"wall_s": monitor.wall_s, "other_load_cores": monitor.other_cores,
                 "images_per_s": args.train_samples * args.num_views / monitor.wall_s}
@@ -201,7 +204,8 @@ def run_benchmark(args) -> dict:
     probes["random init"] = probe(args, random_init(args, config), digits)
     return {
         "mage_hf": __version__, "torch": torch.__version__, "cpu": cpu_name(), "platform": platform.platform(),
-        "threads": args.threads, "steps": args.steps, "batch_size": args.batch_size,
+        "threads": args.threads, "device": args.device, "mixed_precision": args.mixed_precision,
+        "steps": args.steps, "batch_size": args.batch_size,
         "train_samples": args.train_samples, "epochs": args.steps * args.batch_size / args.train_samples,
         "num_views": args.num_views, "learning_rate": args.learning_rate, "recipe": RECIPE + AUGMENTATION,
         "model_sizes": MODEL_SIZES, "tokenize": tokenize, "runs": runs, "probes": probes,
