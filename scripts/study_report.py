@@ -223,21 +223,26 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def headline(results: dict) -> list[str]:
     shots = shot_names(results)
+    probes = ("linear", "knn", *shots)
     raw = results["raw_pixels"]
     rows = []
     if raw:
-        rows.append(["raw pixels (3,072 values)", "-", "-", *(stat([raw], p).pct() for p in ("linear", "knn", *shots))])
+        rows.append(["raw pixels (3,072 values)", "-", "-", "-", *(stat([raw], p).pct() for p in probes)])
+    shipped = results.get("shipped_probes")
+    if shipped:
+        rows.append(["shipped mage-mnist (reference: 120 epochs on a GPU, class-conditional)", "-", "-", "-",
+                     *(stat([shipped], p).pct() for p in probes)])
     groups = by_method(results["main"])
     steps = results["budget"]["steps"]
     for method, name in results["methods"].items():
         records = groups.get(method, [])
         initial = _initial(results, records)
         params = f"{initial[0]['trainable_parameters'] / 1e6:.2f} M" if initial else "-"
-        rows.append([f"{name}, random init", params, str(len(initial)),
-                     *(stat(initial, p).pct() for p in ("linear", "knn", *shots))])
-        rows.append([f"**{name}**, {steps} steps", params, str(len(records)),
-                     *(stat(final_probes(records), p).pct() for p in ("linear", "knn", *shots))])
-    return _table(["encoder", "trained params", "seeds", "linear", "k-NN", *shots], rows)
+        minutes = Stat([r["train_seconds"] / 60 for r in records if "train_seconds" in r])
+        rows.append([f"{name}, random init", params, str(len(initial)), "-", *(stat(initial, p).pct() for p in probes)])
+        rows.append([f"**{name}**, {steps} steps", params, str(len(records)), f"{minutes.num()} min",
+                     *(stat(final_probes(records), p).pct() for p in probes)])
+    return _table(["encoder", "trained params", "seeds", "train time", "linear", "k-NN", *shots], rows)
 
 
 def verdicts(results: dict) -> list[str]:
@@ -269,24 +274,32 @@ def _compare(a: Stat, b: Stat, what: str) -> str:
 
 
 def convergence(results: dict) -> list[str]:
-    steps = results["budget"]["steps"]
-    half = steps // 2
+    """Linear probe along the main runs (step 0, half, full budget) and the gain over the second half; the sweep's
+    shorter run of the chosen configuration (seed 0, its own cosine schedule) is a second point on the budget axis."""
+    budget = results["budget"]
+    steps, half = budget["steps"], budget["steps"] // 2
     rows = []
     for method, records in by_method(results["main"]).items():
         initial = stat(_initial(results, records), "linear")
         middle = stat([r["probes"][str(half)] for r in records if str(half) in r["probes"]], "linear")
         final = stat(final_probes(records), "linear")
+        seed0 = [r for r in records if r["seed"] == 0]
+        short = [r for r in results["sweep"] if r["method"] == method and r["hyper"] == results["chosen"][method]]
+        budget_axis = (f"{stat(final_probes(short), 'linear').pct()} -> {stat(final_probes(seed0), 'linear').pct()}"
+                       if short and seed0 else "-")
         gain = 100 * (final.mean - middle.mean)
         flat = abs(gain) < FLAT_GAIN_POINTS
         rows.append([results["methods"][method], initial.pct(), middle.pct(), final.pct(), f"{gain:+.1f}",
-                     "flattened" if flat else ("**still rising**" if gain > 0 else "**falling**")])
+                     "flattened" if flat else ("**still rising**" if gain > 0 else "**falling**"), budget_axis])
     return _table(["method", "step 0", f"step {half}", f"step {steps}", "gain over the 2nd half (points)",
-                   f"curve (criterion: |gain| < {FLAT_GAIN_POINTS:g} point)"], rows)
+                   f"curve (criterion: |gain| < {FLAT_GAIN_POINTS:g} point)",
+                   f"seed 0: {budget['sweep_steps']}-step run -> {steps}-step run"], rows)
 
 
 def sweep_table(results: dict) -> list[str]:
     rows = []
-    for record in results["sweep"]:
+    order = list(results["methods"])
+    for record in sorted(results["sweep"], key=lambda r: order.index(r["method"])):
         probe = record["probes"][str(record["steps"])]
         chosen = results["chosen"].get(record["method"]) == record["hyper"]
         if probe.get("diverged"):
@@ -296,6 +309,13 @@ def sweep_table(results: dict) -> list[str]:
                      f"{100 * probe['knn']['accuracy']:.1f}"]
         rows.append([results["methods"][record["method"]], hyper_text(record["hyper"], results["maskings"]), *cells,
                      f"{record.get('train_seconds', 0) / 60:.1f} min", "**chosen**" if chosen else ""])
+    baselines = [("raw pixels", results["raw_pixels"])]
+    baselines += [(f"{name}, random init", results["initialisation"].get(f"{method}-s0"))
+                  for method, name in results["methods"].items()]
+    for label, probe in baselines:
+        if probe and "validation" in probe:
+            rows.append([label, "-", f"{100 * probe['validation']['linear']['accuracy']:.1f}",
+                         f"{100 * probe['linear']['accuracy']:.1f}", f"{100 * probe['knn']['accuracy']:.1f}", "-", ""])
     return _table(["method", "configuration", "validation linear", "test linear", "test k-NN", "train time", ""],
                   rows)
 
@@ -313,6 +333,14 @@ def ablation_table(results: dict) -> list[str]:
         rows.append([results["maskings"][masking]["label"], str(len(records)),
                      *(stat(probes, p).pct() for p in ("linear", "knn", *shots)),
                      *(Stat([g[key] for g in scored]).num(digits) for key, _, digits in GENERATION_COLUMNS)])
+    initial = _initial(results, ablation_groups(results).get("truncnorm", []))
+    if initial:
+        scored = [i["generation"] for i in initial if "generation" in i]
+        rows.append(["MAGE, random init", str(len(initial)), *(stat(initial, p).pct() for p in ("linear", "knn", *shots)),
+                     *(Stat([g[key] for g in scored]).num(digits) for key, _, digits in GENERATION_COLUMNS)])
+    if results["raw_pixels"]:
+        rows.append(["raw pixels", "-", *(stat([results["raw_pixels"]], p).pct() for p in ("linear", "knn", *shots)),
+                     *(["-"] * len(GENERATION_COLUMNS))])
     references = results["generation_references"]
     if references:
         for key, label in (("shipped_mage_mnist", "shipped mage-mnist (120 epochs, GPU; sampled unconditionally)"),
