@@ -112,6 +112,7 @@ def update_model_cards(results: dict, grid_path: str) -> None:
         "judge-feature Frechet distance (unconditional)": results["frechet_unconditional"],
         "linear probe accuracy": results["linear_probe_accuracy"],
     }
+    metrics = {name: round(value, 4) for name, value in metrics.items()}
     text = (REPO_ROOT / "scripts" / "mnist_model_card.md").read_text()
     for kind, folder, name in (("pretraining", DEFAULT_MODEL, "mage-mnist"),
                                ("pipeline", DEFAULT_PIPELINE, "mage-mnist-pipeline")):
