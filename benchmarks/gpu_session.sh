@@ -16,5 +16,6 @@ for mode in eager compile; do
 done
 timeout 240 python benchmarks/batch_sweep.py --size vit-b --device cuda --dtype bfloat16 --repeats 3 \
   --batch-sizes 32,64,128,256 --json "$OUT/batch_sweep.json" 2>&1 | tail -12 | tee "$OUT/batch_sweep.txt"
-timeout 300 python benchmarks/pretraining.py --device cuda --mixed-precision bf16 --threads 4 --work-dir /tmp/bench-pretraining \
-  --json "$OUT/pretraining_mnist_cuda.json" 2>&1 | tail -8 | tee "$OUT/pretraining.txt"
+timeout 300 python benchmarks/pretraining.py --preset vit-b --device cuda --mixed-precision bf16 --threads 8 \
+  --train-samples 2048 --steps 200 --logging-steps 20 --num-views 2 --work-dir /tmp/bench-pretraining \
+  --json "$OUT/pretraining_vitb_cuda.json" 2>&1 | tail -8 | tee "$OUT/pretraining.txt"

@@ -10,6 +10,8 @@ train on the 4,000 training digits and test on the 1,000 held-out ones; a random
     python benchmarks/pretraining.py                  # the numbers of docs/training.md (~25 min on 2 quiet cores)
     python benchmarks/pretraining.py --quick          # smoke run: a few steps, small probe
     python benchmarks/pretraining.py --from-json      # print the table of benchmarks/results_pretraining_cpu.json
+    python benchmarks/pretraining.py --preset vit-b --device cuda --mixed-precision bf16 --train-samples 2048 \
+        --batch-size 64 --steps 200 --json results_pretraining_vitb_gpu.json   # the GPU target's shapes
 
 images/s are training images per second between the first and the last logged step (start-up, data loading and
 the final save left out); "other load" is the average number of cores other processes used meanwhile.
@@ -57,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, or an accelerator (cuda): tokenizer and training")
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    parser.add_argument("--preset", choices=("tiny", "vit-b", "vit-l"),
+                        help="throughput only, at a MageConfig preset's shapes: random images of its size, a random "
+                        "VQGAN of its shapes, no probes (the GPU target's setting: --preset vit-b --device cuda)")
     parser.add_argument("--logging-steps", type=int, default=10)
     parser.add_argument("--probe-train", type=int, help="probe on the first N training digits (default: all)")
     parser.add_argument("--work-dir", type=Path, default=Path("out/bench-pretraining"))
@@ -168,6 +173,32 @@ def random_init(args, config: Path) -> Path:
     return out
 
 
+def synthetic_setup(args) -> tuple[Path, Path, str]:
+    """Random RGB images at the preset's size (a `save_to_disk` folder) and a random VQGAN of its shapes."""
+    import numpy as np
+    import torch
+    from datasets import Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    from mage_hf import MageConfig, MageVQModel
+
+    config = MageConfig.from_preset(args.preset)
+    folder = args.work_dir / f"synthetic-{args.preset}"
+    if not (folder / "dataset_dict.json").is_file():
+        rng = np.random.default_rng(0)
+        size = config.image_size
+        images = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+                  for _ in range(args.train_samples)]
+        DatasetDict({"train": Dataset.from_dict({"image": images}, features=Features({"image": ImageFeature()}))}
+                    ).save_to_disk(folder)
+    tokenizer = args.work_dir / f"vqgan-{args.preset}"
+    if not (tokenizer / "config.json").is_file():
+        torch.manual_seed(0)
+        MageVQModel(**config.vq_config).save_pretrained(tokenizer)
+    return folder, tokenizer, args.preset
+
+
 def run_benchmark(args) -> dict:
     import torch
 
@@ -176,18 +207,21 @@ def run_benchmark(args) -> dict:
 
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    digits = args.work_dir / "mnist"
-    if not (digits / "dataset_dict.json").is_file():
-        save_mnist(digits)
-    shipped = json.loads((Path(DEFAULT_MODEL) / "config.json").read_text())
-    config = args.work_dir / "mage-mnist-unconditional.json"
-    config.write_text(json.dumps({"model_type": "mage", **{k: shipped[k] for k in SHIPPED_FIELDS},
-                                  "fake_class_id": shipped["codebook_size"], **MODEL_SIZES}, indent=2))
+    if args.preset:
+        digits, tokenizer, config = synthetic_setup(args)
+    else:
+        digits, tokenizer = args.work_dir / "mnist", DEFAULT_PIPELINE
+        if not (digits / "dataset_dict.json").is_file():
+            save_mnist(digits)
+        shipped = json.loads((Path(DEFAULT_MODEL) / "config.json").read_text())
+        config = args.work_dir / "mage-mnist-unconditional.json"
+        config.write_text(json.dumps({"model_type": "mage", **{k: shipped[k] for k in SHIPPED_FIELDS},
+                                      "fake_class_id": shipped["codebook_size"], **MODEL_SIZES}, indent=2))
     source = ["--dataset-name", digits, "--max-train-samples", args.train_samples]
 
     print(f"tokenize-dataset: {args.train_samples} digits x {args.num_views} views", flush=True)
     tokens = args.work_dir / "tokenized-digits"
-    _, monitor = mage_hf(["tokenize-dataset", "--tokenizer", DEFAULT_PIPELINE, *source, "--num-views",
+    _, monitor = mage_hf(["tokenize-dataset", "--tokenizer", tokenizer, *source, "--num-views",
                           args.num_views, *AUGMENTATION, "--output-dir", tokens, "--overwrite", "--device", args.device,
                           "--no-progress"], args.threads)
     tokenize = {"wall_s": monitor.wall_s, "other_load_cores": monitor.other_cores,
@@ -196,15 +230,17 @@ def run_benchmark(args) -> dict:
 
     print(f"pretrain: {args.steps} steps at batch {args.batch_size}", flush=True)
     runs = {
-        "pixels": train(args, "pixels", [*source, "--tokenizer", DEFAULT_PIPELINE, *AUGMENTATION], config),
+        "pixels": train(args, "pixels", [*source, "--tokenizer", tokenizer, *AUGMENTATION], config),
         "tokens": train(args, "tokens", ["--tokenized-dataset", tokens, *AUGMENTATION], config),
     }
-    print("linear probes", flush=True)
-    probes = {name: probe(args, Path(run["model"]), digits) for name, run in runs.items()}
-    probes["random init"] = probe(args, random_init(args, config), digits)
+    probes = {}
+    if not args.preset:
+        print("linear probes", flush=True)
+        probes = {name: probe(args, Path(run["model"]), digits) for name, run in runs.items()}
+        probes["random init"] = probe(args, random_init(args, config), digits)
     return {
         "mage_hf": __version__, "torch": torch.__version__, "cpu": cpu_name(), "platform": platform.platform(),
-        "threads": args.threads, "device": args.device, "mixed_precision": args.mixed_precision,
+        "threads": args.threads, "device": args.device, "mixed_precision": args.mixed_precision, "preset": args.preset,
         "steps": args.steps, "batch_size": args.batch_size,
         "train_samples": args.train_samples, "epochs": args.steps * args.batch_size / args.train_samples,
         "num_views": args.num_views, "learning_rate": args.learning_rate, "recipe": RECIPE + AUGMENTATION,
@@ -223,10 +259,12 @@ def markdown(results: dict) -> str:
         losses = {p["step"]: p["loss"] for p in run["loss_curve"]}
         lines.append(f"| {name} | {run['images_per_s']:.1f} | {run['other_load_cores']:.2f} | "
                      + " | ".join(f"{losses[s]:.3f}" for s in shown)
-                     + f" | {100 * probes[name]['linear']:.1f} % | {100 * probes[name]['knn']:.1f} % |")
-    base = probes["random init"]
-    lines.append(f"| random init | | | {' | '.join('' for _ in shown)} | {100 * base['linear']:.1f} % | "
-                 f"{100 * base['knn']:.1f} % |")
+                     + (f" | {100 * probes[name]['linear']:.1f} % | {100 * probes[name]['knn']:.1f} % |" if probes
+                        else " | - | - |"))
+    if probes:
+        base = probes["random init"]
+        lines.append(f"| random init | | | {' | '.join('' for _ in shown)} | {100 * base['linear']:.1f} % | "
+                     f"{100 * base['knn']:.1f} % |")
     tokenize = results["tokenize"]
     lines.append(f"\ntokenize-dataset: {results['train_samples']} digits x {results['num_views']} views in "
                  f"{tokenize['wall_s']:.1f} s ({tokenize['images_per_s']:.0f} views/s with start-up); "
