@@ -389,23 +389,26 @@ def test_package_names_are_visible_to_diffusers():
     assert diffusers.MageVQModel is mage_hf.MageVQModel
 
 
-def test_image_processor_claims_only_the_pil_backend(tmp_path, caplog):
-    """No torch/torchvision backend is registered under a false name: asking for one says it falls back."""
+def test_image_processor_fast_backend_is_the_torch_ops_one(tmp_path, caplog):
+    """`backend="torchvision"` gives `MageImageProcessorTorch` (torch ops, no torchvision needed) without a fallback
+    warning; the default without torchvision installed is the PIL one."""
     from transformers import AutoImageProcessor
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
     from transformers.utils import logging as transformers_logging
 
-    assert set(IMAGE_PROCESSOR_MAPPING[MageConfig]) == {"pil"}
+    assert dict(IMAGE_PROCESSOR_MAPPING[MageConfig]) == {
+        "pil": mage_hf.MageImageProcessor, "torchvision": mage_hf.MageImageProcessorTorch}
     mage_hf.MageImageProcessor.for_image_size(32).save_pretrained(tmp_path)
     _config().save_pretrained(tmp_path)
     transformers_logging.enable_propagation()
     try:
         with caplog.at_level("WARNING"):
-            processor = AutoImageProcessor.from_pretrained(tmp_path, backend="torchvision")
+            fast = AutoImageProcessor.from_pretrained(tmp_path, backend="torchvision")
     finally:
         transformers_logging.disable_propagation()
-    assert isinstance(processor, mage_hf.MageImageProcessor) and processor.backend == "pil"
-    assert "torchvision backend is not available" in caplog.text
+    assert type(fast) is mage_hf.MageImageProcessorTorch and fast.backend == "torch"
+    assert "not available" not in caplog.text
+    assert type(AutoImageProcessor.from_pretrained(tmp_path, backend="pil")) is mage_hf.MageImageProcessor
 
 
 def test_vqgan_slicing_decodes_one_image_at_a_time_with_the_same_output():

@@ -16,14 +16,15 @@ import torch
 from transformers import AutoImageProcessor, PreTrainedConfig
 from transformers.image_utils import SizeDict
 
-from mage_hf.image_processing_mage import MageImageProcessor
+from mage_hf.image_processing_mage import MageImageProcessor, MageImageProcessorTorch
 
 S = 32
 
 
-@pytest.fixture
-def processor() -> MageImageProcessor:
-    return MageImageProcessor.for_image_size(S)
+@pytest.fixture(params=[MageImageProcessor, MageImageProcessorTorch], ids=["pil", "torch"])
+def processor(request) -> MageImageProcessor:
+    """Both backends pass every behaviour test; exact pixel values are the PIL backend's (the fixture below)."""
+    return request.param.for_image_size(S)
 
 
 def random_uint8(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -217,7 +218,8 @@ def test_non_square_image_resize_and_center_crop(processor):
     resized = PIL.Image.fromarray(array).resize((53, S), resample=PIL.Image.Resampling.BICUBIC)
     left = round((53 - S) / 2.0)
     expected = np.asarray(resized)[:, left : left + S].transpose(2, 0, 1).astype(np.float32) / 255
-    np.testing.assert_allclose(out[0].numpy(), expected, rtol=0, atol=1e-7)
+    pil_exact = type(processor) is MageImageProcessor  # the torch backend is PIL's within grey levels (below)
+    np.testing.assert_allclose(out[0].numpy(), expected, rtol=0, atol=1e-7 if pil_exact else 0.1)
     # Portrait orientation works the same way.
     assert processor(random_uint8(100, 60), return_tensors="pt")["pixel_values"].shape == (1, 3, S, S)
 
@@ -265,7 +267,7 @@ def test_save_and_load_round_trip(processor, tmp_path):
     assert saved["image_processor_type"] == "MageImageProcessor"
     assert saved["size"] == {"shortest_edge": S} and saved["crop_size"] == {"height": S, "width": S}
     assert saved.get("do_normalize", False) is False
-    loaded = MageImageProcessor.from_pretrained(tmp_path)
+    loaded = type(processor).from_pretrained(tmp_path)  # one saved type for both backends, as transformers' own
     assert loaded.to_dict() == processor.to_dict()
     images = [PIL.Image.fromarray(random_uint8(60, 100)), torch.rand(3, 40, 40)]
     torch.testing.assert_close(
@@ -280,7 +282,8 @@ class _DummyMageImageProcessorConfig(PreTrainedConfig):
     model_type = "mage-image-processing-test"
 
 
-def test_auto_image_processor_loads_registered_class(processor, tmp_path):
+def test_auto_image_processor_loads_registered_class(tmp_path):
+    processor = MageImageProcessor.for_image_size(S)
     AutoImageProcessor.register(_DummyMageImageProcessorConfig, MageImageProcessor, exist_ok=True)
     processor.save_pretrained(tmp_path)
     loaded = AutoImageProcessor.from_pretrained(tmp_path)
@@ -564,3 +567,48 @@ def test_outputs_match_reference_fixture():
 if __name__ == "__main__":
     write_reference_fixture()
     print(f"wrote {REFERENCE_FIXTURE} ({REFERENCE_FIXTURE.stat().st_size} bytes)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The torch backend against the PIL one
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def equivalence_inputs() -> list:
+    rows, cols = np.mgrid[0:300, 0:400]
+    smooth = np.stack([cols * 255 / 400, rows * 255 / 300, (rows + cols) % 256], -1).astype(np.uint8)
+    rng = np.random.default_rng(1)
+    return [PIL.Image.fromarray(smooth), PIL.Image.fromarray(random_uint8(40, 30)), random_uint8(64, 48),
+            rng.random((3, 50, 70)).astype(np.float32), torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(0))]
+
+
+@pytest.mark.parametrize("size", [S, 256])
+def test_torch_backend_agrees_with_pil(size):
+    """Within transformers' backend-equivalence tolerance (atol 0.1, mean 5e-3): floats to 1e-5; uint8 to a few grey
+    levels on average (PIL rounds to uint8 between its two resampling passes, torch does not)."""
+    pil, torch_backend = MageImageProcessor.for_image_size(size), MageImageProcessorTorch.for_image_size(size)
+    for images in equivalence_inputs():
+        expected = pil(images, return_tensors="pt").pixel_values
+        got = torch_backend(images, return_tensors="pt").pixel_values
+        assert got.shape == expected.shape and got.dtype == expected.dtype == torch.float32
+        difference = (got - expected).abs()
+        floats = isinstance(images, torch.Tensor) or getattr(images, "dtype", None) == np.float32
+        assert difference.max() <= (1e-5 if floats else 0.1) and difference.mean() <= 5e-3
+
+
+def test_auto_image_processor_backends(tmp_path):
+    MageImageProcessor.for_image_size(S).save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mage"}))
+    fast = AutoImageProcessor.from_pretrained(tmp_path, backend="torchvision")
+    assert type(fast) is MageImageProcessorTorch and fast.backend == "torch"
+    assert type(AutoImageProcessor.from_pretrained(tmp_path, backend="pil")) is MageImageProcessor
+    fast.save_pretrained(tmp_path / "fast")
+    (tmp_path / "fast" / "config.json").write_text(json.dumps({"model_type": "mage"}))
+    reloaded = AutoImageProcessor.from_pretrained(tmp_path / "fast", backend="torchvision")
+    assert type(reloaded) is MageImageProcessorTorch and reloaded.to_dict() == fast.to_dict()
+    assert "device" not in json.loads((tmp_path / "fast" / "preprocessor_config.json").read_text())
+
+
+def test_torch_backend_refuses_resample_it_does_not_have():
+    with pytest.raises(ValueError, match="resample"):
+        MageImageProcessorTorch.for_image_size(S, resample=PIL.Image.Resampling.LANCZOS)(random_uint8(40, 40))

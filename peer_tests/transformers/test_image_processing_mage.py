@@ -2,12 +2,14 @@
 `.peer/transformers/tests/models/mage/`)."""
 
 import unittest
+from unittest import mock
 
 import numpy as np
 
 from transformers.testing_utils import require_torch, require_vision
 from transformers.utils import is_torch_available, is_vision_available
 
+from ... import test_image_processing_common
 from ...test_image_processing_common import ImageProcessingTestMixin, ImageProcessingTester
 
 if is_torch_available():
@@ -43,14 +45,15 @@ class MageImageProcessingTester(ImageProcessingTester):
 class MageImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
     image_processor_tester_class = MageImageProcessingTester
 
-    @unittest.skip(
-        reason="mage_hf registers only the PIL backend it has: torchvision cannot be installed beside the CPU torch "
-        "build this project requires, so a torchvision backend could be neither imported nor tested here. "
-        "Registering the PIL class under the 'torchvision' key (what made this pass before) would hand a user who "
-        "asks for the fast backend PIL without saying so."
-    )
-    def test_new_models_require_torchvision_backend(self):
-        pass
+    def test_backends_equivalence(self):
+        # The common test downloads the COCO cats photo; offline, the same test runs on the photo matplotlib ships.
+        import matplotlib.cbook
+        from PIL import Image
+
+        photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+        with mock.patch.object(test_image_processing_common, "load_test_image", return_value=photo):
+            super().test_backends_equivalence()
+
 
     def test_image_processor_properties(self):
         for image_processing_class in self.image_processing_classes.values():

@@ -29,7 +29,7 @@ from .modeling_mage import (
     MageModel,
     MagePreTrainedModel,
 )
-from .image_processing_mage import MageImageProcessor
+from .image_processing_mage import MageImageProcessor, MageImageProcessorTorch
 from .modeling_vqgan import MageVQModel
 from .pipeline_mage import MagePipeline
 from .scheduling_mage import MageScheduler, MageSchedulerOutput
@@ -48,8 +48,11 @@ AutoModelForPreTraining.register(MageConfig, MageForMaskedImageModeling, exist_o
 for _component in (MagePipeline, MageScheduler, MageVQModel):
     if not hasattr(diffusers, _component.__name__):
         setattr(diffusers, _component.__name__, _component)
-# Only the PIL backend exists: a torch/torchvision backend is not claimed (transformers 5's needs torchvision).
-AutoImageProcessor.register(MageConfig, image_processor_classes={"pil": MageImageProcessor}, exist_ok=True)
+# The fast backend (`backend="torchvision"`) is MageImageProcessorTorch: the same recipe in torch ops, no torchvision.
+AutoImageProcessor.register(
+    MageConfig, image_processor_classes={"pil": MageImageProcessor, "torchvision": MageImageProcessorTorch},
+    exist_ok=True,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -61,6 +64,7 @@ __all__ = [
     "MageForMaskedImageModeling",
     "MageImageClassifierOutput",
     "MageImageProcessor",
+    "MageImageProcessorTorch",
     "MageMaskedImageModelingOutput",
     "MageModel",
     "MagePipeline",

@@ -186,6 +186,10 @@ class MageImageProcessor(PilBackend):
     def _preprocess(self, images: list[np.ndarray], return_tensors=None, data_format=None, **kwargs) -> BatchFeature:
         """`PilBackend`'s resize -> crop -> rescale, then `data_format` and a clear error for unstackable shapes."""
         pixel_values = super()._preprocess(images, return_tensors=None, **kwargs)["pixel_values"]
+        return self._batch(pixel_values, return_tensors, data_format)
+
+    @staticmethod
+    def _batch(pixel_values: list[np.ndarray], return_tensors, data_format) -> BatchFeature:
         if data_format is not None and ChannelDimension(data_format) == ChannelDimension.LAST:
             pixel_values = [np.moveaxis(image, 0, -1) for image in pixel_values]
         shapes = sorted({image.shape for image in pixel_values})
@@ -221,4 +225,68 @@ class MageImageProcessor(PilBackend):
     postprocess_images = postprocess
 
 
-__all__ = ["MageImageProcessor"]
+_TORCH_MODES = {PILImageResampling.NEAREST: "nearest-exact", PILImageResampling.BILINEAR: "bilinear",
+                PILImageResampling.BICUBIC: "bicubic"}
+
+
+class MageImageProcessorTorch(MageImageProcessor):
+    """`MageImageProcessor` with its resize, crop and rescale in torch ops (`backend="torchvision"` in
+    `AutoImageProcessor`; torchvision itself is not needed): antialiased `F.interpolate` in float32 (bicubic,
+    bilinear or nearest), uint8 images rounded back to integers as PIL does, the same crop offsets and padding.
+    Agrees with the PIL backend to within a few grey levels (PIL's filters are not torch's); same shapes, dtype and
+    errors. `device="cuda"` runs the ops there; the output comes back on the CPU."""
+
+    def __init__(self, device: str | torch.device | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.device = device
+
+    @property
+    def backend(self) -> str:
+        return "torch"
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("device", None)  # where to run is not part of the saved recipe
+        # One saved type for both backends (as transformers' own processors): the backend is chosen when loading.
+        output["image_processor_type"] = MageImageProcessor.__name__
+        return output
+
+    def _preprocess(self, images: list[np.ndarray], do_resize, size, resample, do_center_crop, crop_size, do_rescale,
+                    rescale_factor, return_tensors=None, data_format=None, **kwargs) -> BatchFeature:
+        mode = _TORCH_MODES.get(PILImageResampling(resample if resample is not None else self.resample))
+        if do_resize and mode is None:
+            raise ValueError(f"`resample` must be one of {list(_TORCH_MODES)} for the torch backend, got {resample!r}")
+        pixel_values = []
+        for image in images:
+            integer = image.dtype == np.uint8  # otherwise float32 in [0, 1] (`process_image`)
+            pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, torch.float32)
+            if do_resize:
+                pixels = self._torch_resize(pixels, image, size, mode, integer)
+            if do_center_crop:
+                pixels = self._torch_center_crop(pixels, crop_size)
+            if do_rescale and integer:
+                pixels = pixels * np.float32(rescale_factor)
+            keep_uint8 = integer and not do_rescale
+            pixel_values.append((pixels.to(torch.uint8) if keep_uint8 else pixels).cpu().numpy())
+        return self._batch(pixel_values, return_tensors, data_format)
+
+    @staticmethod
+    def _torch_resize(pixels: torch.Tensor, image: np.ndarray, size: SizeDict, mode: str, integer: bool) -> torch.Tensor:
+        height, width = (size.height, size.width)
+        if size.shortest_edge:
+            height, width = get_resize_output_image_size(
+                image, size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
+            )
+        antialias = mode in ("bilinear", "bicubic")
+        resized = torch.nn.functional.interpolate(pixels[None], size=(height, width), mode=mode, antialias=antialias)[0]
+        return resized.round().clamp(0, 255) if integer else resized.clamp(0.0, 1.0)
+
+    @staticmethod
+    def _torch_center_crop(pixels: torch.Tensor, size: SizeDict) -> torch.Tensor:
+        pad_h, pad_w = max(size.height - pixels.shape[1], 0), max(size.width - pixels.shape[2], 0)
+        pixels = torch.nn.functional.pad(pixels, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        top, left = round((pixels.shape[1] - size.height) / 2), round((pixels.shape[2] - size.width) / 2)
+        return pixels[:, top : top + size.height, left : left + size.width]
+
+
+__all__ = ["MageImageProcessor", "MageImageProcessorTorch"]
