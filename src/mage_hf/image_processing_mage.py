@@ -30,6 +30,25 @@ def _describe(value: Any) -> str:
     return type(value).__name__ + shape
 
 
+def _output_size(image: np.ndarray, size: SizeDict) -> tuple[int, int]:
+    """(height, width) of a `(C, H, W)` image resized to `size`: `{"shortest_edge": s}` keeps the aspect ratio,
+    truncating the long edge as torchvision's `Resize(int)`."""
+    if size.shortest_edge:
+        return get_resize_output_image_size(
+            image, size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
+        )
+    return size.height, size.width
+
+
+def _center_crop_box(height: int, width: int, size: SizeDict) -> tuple[tuple[int, int], tuple[int, int], int, int]:
+    """torchvision's `CenterCrop` of an (H, W) image: zero padding (before, after) of the height and width when the
+    image is smaller than the crop (half before, rounded down), then the crop's top and left offsets
+    `round((H' - crop_height) / 2)`, `round((W' - crop_width) / 2)` in the padded image."""
+    pad_h, pad_w = max(size.height - height, 0), max(size.width - width, 0)
+    top, left = round((height + pad_h - size.height) / 2), round((width + pad_w - size.width) / 2)
+    return (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), top, left
+
+
 class MageImageProcessor(PilBackend):
     r"""
     Turns images into MAGE `pixel_values`: float32 `(batch, channels, crop_height, crop_width)` in [0, 1].
@@ -161,11 +180,7 @@ class MageImageProcessor(PilBackend):
         """Resize each channel of a `(C, H, W)` image with PIL: uint8 in mode "L" (bit-exact with resizing the RGB PIL
         image), float32 in mode "F", then clipped to [0, 1]. (`PilBackend.resize` quantises floats to uint8 and
         resizes 2- and 4-channel arrays as alpha-premultiplied images.)"""
-        height, width = (size.height, size.width)
-        if size.shortest_edge:
-            height, width = get_resize_output_image_size(
-                image, size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
-            )
+        height, width = _output_size(image, size)
         resample = PILImageResampling(resample if resample is not None else self.resample)
         channels = [PIL.Image.fromarray(np.ascontiguousarray(channel)) for channel in image]
         resized = np.stack([np.asarray(channel.resize((width, height), resample=resample)) for channel in channels])
@@ -174,9 +189,8 @@ class MageImageProcessor(PilBackend):
     def center_crop(self, image: np.ndarray, size: SizeDict, **kwargs) -> np.ndarray:
         """torchvision's `CenterCrop`: zero-pad an image smaller than the crop (half before, rounded down), then crop
         at `round((H - crop_height) / 2)`, `round((W - crop_width) / 2)`; `PilBackend` floors and pads the other way."""
-        pad_h, pad_w = max(size.height - image.shape[1], 0), max(size.width - image.shape[2], 0)
-        image = np.pad(image, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)))
-        top, left = round((image.shape[1] - size.height) / 2), round((image.shape[2] - size.width) / 2)
+        pad_h, pad_w, top, left = _center_crop_box(image.shape[1], image.shape[2], size)
+        image = np.pad(image, ((0, 0), pad_h, pad_w))
         return image[:, top : top + size.height, left : left + size.width]
 
     def rescale(self, image: np.ndarray, scale: float, **kwargs) -> np.ndarray:
@@ -272,20 +286,15 @@ class MageImageProcessorTorch(MageImageProcessor):
 
     @staticmethod
     def _torch_resize(pixels: torch.Tensor, image: np.ndarray, size: SizeDict, mode: str, integer: bool) -> torch.Tensor:
-        height, width = (size.height, size.width)
-        if size.shortest_edge:
-            height, width = get_resize_output_image_size(
-                image, size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
-            )
+        height, width = _output_size(image, size)
         antialias = mode in ("bilinear", "bicubic")
         resized = torch.nn.functional.interpolate(pixels[None], size=(height, width), mode=mode, antialias=antialias)[0]
         return resized.round().clamp(0, 255) if integer else resized.clamp(0.0, 1.0)
 
     @staticmethod
     def _torch_center_crop(pixels: torch.Tensor, size: SizeDict) -> torch.Tensor:
-        pad_h, pad_w = max(size.height - pixels.shape[1], 0), max(size.width - pixels.shape[2], 0)
-        pixels = torch.nn.functional.pad(pixels, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-        top, left = round((pixels.shape[1] - size.height) / 2), round((pixels.shape[2] - size.width) / 2)
+        pad_h, pad_w, top, left = _center_crop_box(pixels.shape[1], pixels.shape[2], size)
+        pixels = torch.nn.functional.pad(pixels, (*pad_w, *pad_h))
         return pixels[:, top : top + size.height, left : left + size.width]
 
 

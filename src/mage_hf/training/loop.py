@@ -243,8 +243,7 @@ def trains_on_cpu(args: argparse.Namespace) -> bool:
 
 def use_fused_adamw(args: argparse.Namespace) -> bool:
     """`--adamw-kernel`: fused (one kernel for all parameters) by default on an accelerator device."""
-    choice = getattr(args, "adamw_kernel", "auto")
-    return choice == "fused" or (choice == "auto" and not trains_on_cpu(args))
+    return args.adamw_kernel == "fused" or (args.adamw_kernel == "auto" and not trains_on_cpu(args))
 
 
 def make_accelerator(args: argparse.Namespace, find_unused_parameters: bool = False) -> Accelerator:
@@ -252,7 +251,7 @@ def make_accelerator(args: argparse.Namespace, find_unused_parameters: bool = Fa
     `--compile` has accelerate compile the prepared model with inductor."""
     project = ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs"))
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
-    dynamo = TorchDynamoPlugin(backend="inductor") if getattr(args, "compile", False) else None
+    dynamo = TorchDynamoPlugin(backend="inductor") if args.compile else None
     return Accelerator(
         dynamo_plugin=dynamo,
         cpu=trains_on_cpu(args),
